@@ -1,0 +1,233 @@
+"""The fine-tune loop: one model, one task, one optimizer; periodic dev eval, best checkpoint, results JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from l2lzo.errors import L2LZOError
+from l2lzo.models import LoadedModel, fingerprint, load_model
+from l2lzo.optim import ZERO_ORDER, build_optimizer
+from l2lzo.schemes import apply_scheme
+from l2lzo.scoring import Scorer
+from l2lzo.tasks import Example, TaskSplits, load_task
+
+# Learning rates that worked in our CPU runs (see README): ZO needs a small lr on full fine-tuning,
+# larger ones when few parameters train; first-order baselines use the usual values.
+DEFAULT_LR = {
+    ("zo", "full"): 1e-5, ("zo", "lora"): 1e-3, ("zo", "prefix"): 1e-2, ("zo", "prompt"): 1e-2,
+    ("fo", "full"): 1e-4, ("fo", "lora"): 1e-3, ("fo", "prefix"): 1e-2, ("fo", "prompt"): 1e-2,
+}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a run; defaults are the embedded main job (real model, real data)."""
+
+    model: str = "minilm-l6"
+    task: str = "polarity"
+    optimizer: str = "zo-sgd"
+    scheme: str = "full"
+    steps: int = 400
+    lr: float | None = None  # None: DEFAULT_LR for (optimizer kind, scheme)
+    eps: float = 1e-3
+    batch_size: int = 16
+    seed: int = 0
+    n_queries: int = 1
+    train_size: int | None = 256  # k-shot per class (classification) or total (multiple choice)
+    dev_size: int = 200
+    test_size: int = 500
+    eval_every: int = 100
+    max_length: int = 64
+    output: str | None = None  # results JSON path; default results/<model>_<task>_<optimizer>_<scheme>_s<seed>.json
+
+    def resolved_lr(self) -> float:
+        kind = "zo" if self.optimizer.lower() in ZERO_ORDER else "fo"
+        return self.lr if self.lr is not None else DEFAULT_LR[(kind, self.scheme)]
+
+    def output_path(self) -> Path:
+        if self.output:
+            return Path(self.output)
+        stem = f"{self.model}_{Path(self.task).stem}_{self.optimizer}_{self.scheme}_s{self.seed}".replace("/", "-")
+        return Path("results") / f"{stem}.json"
+
+    def validate(self) -> None:
+        """Range checks with one-line errors (names are checked where they are resolved)."""
+        lr = self.resolved_lr()
+        checks = [
+            (0 < lr <= 1 and math.isfinite(lr), f"--lr must be in (0, 1], got {lr}"),
+            (0 < self.eps <= 1 and math.isfinite(self.eps), f"--eps must be in (0, 1], got {self.eps}"),
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.n_queries >= 1, f"--n-queries must be >= 1, got {self.n_queries}"),
+            (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
+            (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
+            (self.train_size is None or self.train_size >= 1, f"--train-size must be >= 1, got {self.train_size}"),
+            (self.dev_size >= 1 and self.test_size >= 1, "--dev-size and --test-size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise L2LZOError(message)
+
+
+@dataclass
+class FinetuneResult:
+    """What a run writes to its results JSON."""
+
+    config: dict
+    model_fingerprint: str
+    trainable_parameters: int
+    task_source: str
+    evals: list[dict] = field(default_factory=list)
+    best_step: int = 0
+    initial_test: dict = field(default_factory=dict)
+    final_test: dict = field(default_factory=dict)
+    median_step_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    wall_seconds: float = 0.0
+    checkpoint: str | None = None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def grouped_loss(scorer: Scorer, examples: list[Example]):
+    """A closure over one training batch: its mean loss, batches split by option count, encoded once."""
+    batches = list(scorer.batches(examples, len(examples)))
+    total = len(examples)
+
+    def closure() -> torch.Tensor:
+        return sum(scorer.loss(b) * (len(b.labels) / total) for b in batches)
+
+    return closure
+
+
+class BestCheckpoint:
+    """Keeps the trainable tensors of the best dev step on disk (safetensors, atomic), not in RAM.
+
+    Holding a copy in memory would double the footprint of full fine-tuning, which ZO exists to avoid.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}-", dir=self.path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def restore(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import load_file
+
+        saved = load_file(self.path)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in saved:
+                    param.copy_(saved[name])
+
+
+def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: TaskSplits | None = None,
+             progress: bool = True) -> FinetuneResult:
+    """Run one fine-tune and write its results JSON (and best checkpoint beside it).
+
+    ``loaded`` / ``splits`` may be given to reuse an already loaded model or task (tests, batch jobs).
+    """
+    config.validate()
+    start = time.perf_counter()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    splits = splits or load_task(config.task, seed=config.seed, train_size=config.train_size,
+                                 dev_size=config.dev_size, test_size=config.test_size)
+    if not splits.train or not splits.dev:
+        raise L2LZOError(f"task {config.task!r} has too few examples for train and dev splits")
+    loaded = apply_scheme(loaded or load_model(config.model), config.scheme)
+    model = loaded.model
+    scorer = Scorer(loaded, max_length=config.max_length)
+    optimizer = build_optimizer(config.optimizer, model, lr=config.resolved_lr(), eps=config.eps,
+                                n_queries=config.n_queries, seed=config.seed)
+    out_path = config.output_path()
+    checkpoint = BestCheckpoint(out_path.with_suffix(".best.safetensors"))
+    result = FinetuneResult(
+        config={**asdict(config), "lr": config.resolved_lr()},
+        model_fingerprint=fingerprint(model),
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        task_source=splits.info.source,
+        checkpoint=str(checkpoint.path),
+    )
+    result.initial_test = scorer.evaluate(splits.test)
+    best_dev = _record_eval(result, scorer, splits, step=0, train_loss=None)
+    checkpoint.save(model)
+
+    order = _epoch_order(len(splits.train), config.seed)
+    step_times, recent = [], []
+    bar = tqdm(range(1, config.steps + 1), desc=f"{config.optimizer} {config.task}", disable=not progress)
+    for step in bar:
+        batch = [splits.train[next(order)] for _ in range(min(config.batch_size, len(splits.train)))]
+        closure = grouped_loss(scorer, batch)
+        t0 = time.perf_counter()
+        try:
+            loss = optimizer.step(closure)
+        except FloatingPointError as exc:
+            raise L2LZOError(f"training diverged at step {step} ({exc}): try a smaller --lr") from exc
+        step_times.append(time.perf_counter() - t0)
+        recent.append(loss)
+        if step % config.eval_every == 0 or step == config.steps:
+            dev = _record_eval(result, scorer, splits, step=step, train_loss=statistics.fmean(recent))
+            recent = []
+            if dev > best_dev:
+                best_dev, result.best_step = dev, step
+                checkpoint.save(model)
+            bar.set_postfix(loss=f"{loss:.3f}", dev_acc=f"{dev:.3f}", best=f"{best_dev:.3f}")
+    checkpoint.restore(model)
+    result.final_test = scorer.evaluate(splits.test)
+    result.median_step_seconds = statistics.median(step_times)
+    result.peak_rss_mb = peak_rss_mb()
+    result.wall_seconds = time.perf_counter() - start
+    _write_json(out_path, asdict(result))
+    return result
+
+
+def _record_eval(result: FinetuneResult, scorer: Scorer, splits: TaskSplits, step: int,
+                 train_loss: float | None) -> float:
+    dev = scorer.evaluate(splits.dev)
+    result.evals.append({"step": step, "train_loss": train_loss, "dev_accuracy": dev["accuracy"],
+                         "dev_loss": dev["loss"]})
+    return dev["accuracy"]
+
+
+def _epoch_order(n: int, seed: int):
+    """Endless stream of example indices: a fresh seeded shuffle every epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        yield from order
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)

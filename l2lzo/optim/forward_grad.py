@@ -1,0 +1,44 @@
+"""Forward-Grad: an unbiased gradient estimate from one forward-mode JVP, no eps."""
+
+from __future__ import annotations
+
+import math
+
+import torch.autograd.forward_ad as fwAD
+
+from l2lzo.blocks import Block
+from l2lzo.optim.zeroth_order import Closure, ZeroOrderOptimizer
+from l2lzo.perturbation import Direction
+
+
+class ForwardGrad(ZeroOrderOptimizer):
+    """theta -= lr * (dL/dv) * v with v = sigma * z, where dL/dv comes from forward-mode AD.
+
+    The directional derivative is exact (no finite difference), so ``eps`` is unused. The tangent
+    of each block is materialized while its module runs (forward-mode AD needs it as a tensor), so
+    this costs more memory than SPSA; the update regenerates z from the seed like ZO-SGD.
+    """
+
+    def estimate(self, closure: Closure) -> tuple[list[Direction], float]:
+        seeds = self.query_seeds()
+        directions, losses = [], []
+        for seed in seeds:
+            with fwAD.dual_level():
+
+                def dual(block: Block, module, attr, seed=seed):
+                    tangent = self.engine.noise(seed, block) * float(self.engine.sigma[block.index])
+                    return fwAD.make_dual(block.param.detach(), tangent)
+
+                with self.engine.swapped(dual):
+                    loss = closure()
+                primal, tangent = fwAD.unpack_dual(loss)
+            derivative = float(tangent) if tangent is not None else 0.0
+            if not (math.isfinite(float(primal)) and math.isfinite(derivative)):
+                raise FloatingPointError(f"non-finite forward gradient at step {self.steps}")
+            directions.append(Direction(seed, derivative / len(seeds)))
+            losses.append(float(primal))
+        return directions, sum(losses) / len(losses)
+
+    def apply(self, directions: list[Direction], closure: Closure) -> None:
+        lr = self.hparams["lr"]
+        self.engine.add_([Direction(d.seed, -lr * d.coeff) for d in directions])

@@ -1,0 +1,192 @@
+"""The ZO-Bench zeroth-order optimizer family on the seeded perturbation engine.
+
+All of them share one step: for each of ``n_queries`` seeded directions z (scaled per block by sigma),
+evaluate the closure at theta + eps*sigma*z and theta - eps*sigma*z and form the SPSA projected
+gradient g = (L+ - L-) / (2 eps). The estimate sum_q g_q sigma z_q / q is never stored whole: the
+variants below consume it seed by seed (ZO-SGD) or chunk by chunk (sign, momentum, Adam).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from l2lzo.blocks import Block, discover_blocks
+from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
+
+Closure = Callable[[], torch.Tensor | float]
+
+
+class ZeroOrderOptimizer(torch.optim.Optimizer):
+    """Base class: SPSA estimate with n queries and per-block sigma; subclasses apply it.
+
+    Use it like ``torch.optim``: ``loss = opt.step(closure)`` where ``closure()`` returns the loss of the
+    current batch. The closure is called 2 * n_queries times per step under ``torch.no_grad()``, each
+    time with the model perturbed (theta itself is never modified by a perturbation).
+
+    Args:
+        model: the model whose trainable parameters (``requires_grad``) are optimized.
+        lr: learning rate.
+        eps: perturbation scale (SPSA's mu).
+        n_queries: number of seeded directions averaged per step.
+        seed: base seed; step t, query q uses a seed derived from (seed, t, q).
+        weight_decay: decoupled weight decay, applied as theta *= 1 - lr * weight_decay.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-6, eps: float = 1e-3, n_queries: int = 1,
+                 seed: int = 0, weight_decay: float = 0.0):
+        if not lr > 0 or not math.isfinite(lr):
+            raise ValueError(f"lr must be a positive finite number, got {lr}")
+        if not eps > 0 or not math.isfinite(eps):
+            raise ValueError(f"eps must be a positive finite number, got {eps}")
+        if n_queries < 1:
+            raise ValueError(f"n_queries must be >= 1, got {n_queries}")
+        self.blocks: list[Block] = discover_blocks(model)
+        self.engine = PerturbationEngine(self.blocks)
+        super().__init__([b.param for b in self.blocks],
+                         dict(lr=lr, eps=eps, n_queries=n_queries, weight_decay=weight_decay))
+        self.seed = seed
+        self.steps = 0
+        self.last_losses: tuple[float, float] | None = None  # (L+, L-) of the last query: policy features
+
+    @property
+    def hparams(self) -> dict:
+        return self.param_groups[0]
+
+    def set_sigma(self, sigma: torch.Tensor) -> None:
+        """Per-block perturbation scales (one per block in ``self.blocks``); 1 everywhere is MeZO."""
+        self.engine.set_sigma(sigma)
+
+    def query_seeds(self) -> list[int]:
+        """The seeds of this step's directions (deterministic in seed and step)."""
+        return [chunk_seed(self.seed, self.steps, q) for q in range(self.hparams["n_queries"])]
+
+    def estimate(self, closure: Closure) -> tuple[list[Direction], float]:
+        """Projected gradients for this step: directions with coeff g_q / n_queries, and the mean loss."""
+        eps = self.hparams["eps"]
+        seeds = self.query_seeds()
+        directions, losses = [], []
+        for seed in seeds:
+            with self.engine.perturbed([Direction(seed, eps)]):
+                loss_plus = float(closure())
+            with self.engine.perturbed([Direction(seed, -eps)]):
+                loss_minus = float(closure())
+            if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+                raise FloatingPointError(f"non-finite loss at step {self.steps}: L+={loss_plus}, L-={loss_minus}")
+            directions.append(Direction(seed, (loss_plus - loss_minus) / (2 * eps) / len(seeds)))
+            losses += [loss_plus, loss_minus]
+            self.last_losses = (loss_plus, loss_minus)
+        return directions, sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def step(self, closure: Closure) -> float:  # type: ignore[override]
+        """One optimization step; returns the mean of the perturbed losses."""
+        directions, loss = self.estimate(closure)
+        wd = self.hparams["weight_decay"]
+        if wd:
+            for block in self.blocks:
+                block.param.mul_(1 - self.hparams["lr"] * wd)
+        self.apply(directions, closure)
+        self.steps += 1
+        return loss
+
+    def apply(self, directions: list[Direction], closure: Closure) -> None:
+        """Update theta from the estimate; overridden per variant."""
+        raise NotImplementedError
+
+    def _apply_chunkwise(self, update: Callable[[Block, slice, torch.Tensor], torch.Tensor],
+                         directions: list[Direction]) -> None:
+        """theta[rows] -= lr * update(block, rows, gradient chunk), over every chunk of the estimate."""
+        lr = self.hparams["lr"]
+        for block, rows, grad in self.engine.gradient_chunks(directions):
+            target = block.param.data[rows] if block.shape else block.param.data
+            target.add_(update(block, rows, grad), alpha=-lr)
+
+    def _buffer(self, block: Block, name: str) -> torch.Tensor:
+        state = self.state[block.param]
+        if name not in state:
+            state[name] = torch.zeros_like(block.param, memory_format=torch.preserve_format)
+        return state[name]
+
+    def _rows(self, tensor: torch.Tensor, block: Block, rows: slice) -> torch.Tensor:
+        return tensor[rows] if block.shape else tensor
+
+
+class ZOSGD(ZeroOrderOptimizer):
+    """ZO-SGD (MeZO): theta -= lr * g * sigma * z, regenerated from the seed (no optimizer state)."""
+
+    def apply(self, directions: list[Direction], closure: Closure) -> None:
+        lr = self.hparams["lr"]
+        self.engine.add_([Direction(d.seed, -lr * d.coeff) for d in directions])
+
+
+class ZOSGDSign(ZeroOrderOptimizer):
+    """ZO-SGD-Sign: theta -= lr * sign(estimate)."""
+
+    def apply(self, directions: list[Direction], closure: Closure) -> None:
+        self._apply_chunkwise(lambda block, rows, grad: grad.sign_(), directions)
+
+
+class ZOSGDMomentum(ZeroOrderOptimizer):
+    """ZO-SGD-MMT: heavy-ball momentum m = beta*m + estimate; theta -= lr * m (keeps one buffer)."""
+
+    def __init__(self, model: nn.Module, momentum: float = 0.9, **kwargs):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        super().__init__(model, **kwargs)
+        self.momentum = momentum
+
+    def apply(self, directions: list[Direction], closure: Closure) -> None:
+        def update(block: Block, rows: slice, grad: torch.Tensor) -> torch.Tensor:
+            m = self._rows(self._buffer(block, "momentum"), block, rows)
+            return m.mul_(self.momentum).add_(grad)
+
+        self._apply_chunkwise(update, directions)
+
+
+class ZOAdam(ZeroOrderOptimizer):
+    """ZO-Adam: Adam's moments on the ZO estimate (two buffers, bias-corrected)."""
+
+    def __init__(self, model: nn.Module, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
+                 **kwargs):
+        super().__init__(model, **kwargs)
+        self.betas = betas
+        self.adam_eps = adam_eps
+
+    def apply(self, directions: list[Direction], closure: Closure) -> None:
+        b1, b2 = self.betas
+        t = self.steps + 1
+        c1, c2 = 1 - b1**t, 1 - b2**t
+
+        def update(block: Block, rows: slice, grad: torch.Tensor) -> torch.Tensor:
+            m = self._rows(self._buffer(block, "exp_avg"), block, rows)
+            v = self._rows(self._buffer(block, "exp_avg_sq"), block, rows)
+            m.mul_(b1).add_(grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            return (m / c1).div_((v / c2).sqrt_().add_(self.adam_eps))
+
+        self._apply_chunkwise(update, directions)
+
+
+class ZOSGDConservative(ZeroOrderOptimizer):
+    """ZO-SGD-Cons: evaluate theta, theta - lr*g*z and theta + lr*g*z; keep the best of the three.
+
+    The two candidates are evaluated as perturbed forwards (exact: theta is untouched until the
+    winner is known); a step costs 2 * n_queries + 3 forwards.
+    """
+
+    def apply(self, directions: list[Direction], closure: Closure) -> None:
+        lr = self.hparams["lr"]
+        descent = [Direction(d.seed, -lr * d.coeff) for d in directions]
+        ascent = [Direction(d.seed, lr * d.coeff) for d in directions]
+        candidates = {"stay": float(closure())}
+        with self.engine.perturbed(descent):
+            candidates["descent"] = float(closure())
+        with self.engine.perturbed(ascent):
+            candidates["ascent"] = float(closure())
+        best = min(candidates, key=candidates.get)
+        if best != "stay":
+            self.engine.add_(descent if best == "descent" else ascent)

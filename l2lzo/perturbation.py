@@ -1,0 +1,291 @@
+"""Seeded perturbation engine: forwards at theta + sum_j c_j * sigma_b * z_b(seed_j), theta never touched.
+
+Noise z_b is never stored. It is regenerated from (seed, block index, chunk index): every block is cut
+into row-aligned chunks of about ``chunk_numel`` elements and each chunk has its own generator seed, so
+chunks can be generated in any order, on any thread, and always give the same numbers.
+
+A perturbed forward does not modify the parameters. While a module that owns a trainable block runs,
+the engine shows it a perturbed tensor instead:
+
+* small blocks are *materialized*: ``theta_b + c * z_b`` is built just before the module runs and
+  dropped right after (one temporary the size of that block, never the whole model);
+* large embedding and linear blocks (> ``chunk_numel``, e.g. a 49k x 576 vocabulary matrix) stay
+  *additive*: the module runs on theta and the engine adds the noise term chunk by chunk
+  (``z[ids]`` rows for a lookup, ``x @ z_chunk.T`` for a projection), so no full-size temporary exists.
+
+Because theta is only read, it is bitwise the same after any number of perturbed forwards; this is
+exact in every dtype, unlike MeZO's in-place +eps, -2eps, +eps, and it saves one noise sweep.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2lzo.blocks import Block
+
+CHUNK_NUMEL = 1 << 20
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One term c * sigma_b * z_b(seed) of a perturbation or an update."""
+
+    seed: int
+    coeff: float
+
+
+def chunk_seed(seed: int, block_index: int, chunk_index: int) -> int:
+    """Generator seed for one chunk: splitmix64 of the three integers (well spread, platform independent)."""
+    x = seed * 0x9E3779B97F4A7C15 + block_index * 0xBF58476D1CE4E5B9 + chunk_index * 0x94D049BB133111EB
+    x &= _MASK64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    x ^= x >> 31
+    return x & ((1 << 63) - 1)
+
+
+class PerturbationEngine:
+    """Perturbs and updates a fixed list of blocks by seeded Gaussian directions.
+
+    ``sigma`` (one scale per block, default 1) shapes the perturbation per block; the learned policy
+    sets it through ``set_sigma``. sigma = 1 everywhere is MeZO.
+    """
+
+    def __init__(self, blocks: Sequence[Block], chunk_numel: int = CHUNK_NUMEL, threads: int | None = None):
+        if not blocks:
+            raise ValueError("no trainable parameters: the fine-tuning scheme left nothing to optimize")
+        self.blocks = list(blocks)
+        self.chunk_numel = chunk_numel
+        self._threads = threads or max(1, torch.get_num_threads())
+        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="l2lzo-noise")
+        self._local = threading.local()
+        self._chunks = {b.index: self._row_chunks(b) for b in self.blocks}
+        self.sigma = torch.ones(len(self.blocks), dtype=torch.float64)
+
+    def set_sigma(self, sigma: torch.Tensor | Sequence[float]) -> None:
+        """Per-block perturbation scales (shape: number of blocks)."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        if sigma.numel() != len(self.blocks):
+            raise ValueError(f"sigma has {sigma.numel()} entries, expected one per block: {len(self.blocks)}")
+        if not torch.isfinite(sigma).all():
+            raise ValueError("sigma must be finite")
+        self.sigma = sigma.clone()
+
+    # ---- noise -------------------------------------------------------------------------------------
+
+    def _row_chunks(self, block: Block) -> list[tuple[int, int]]:
+        rows = block.shape[0] if block.shape else 1
+        row_numel = max(1, block.numel // max(rows, 1))
+        per_chunk = max(1, self.chunk_numel // row_numel)
+        return [(r, min(r + per_chunk, rows)) for r in range(0, rows, per_chunk)]
+
+    def _generator(self) -> torch.Generator:
+        gen = getattr(self._local, "generator", None)
+        if gen is None:
+            gen = self._local.generator = torch.Generator()
+        return gen
+
+    def noise_chunk(self, seed: int, block: Block, chunk: int) -> torch.Tensor:
+        """z for rows ``self._chunks[block.index][chunk]`` of ``block`` (a fresh tensor)."""
+        r0, r1 = self._chunks[block.index][chunk]
+        shape = (r1 - r0, *block.shape[1:]) if block.shape else ()
+        gen = self._generator()
+        gen.manual_seed(chunk_seed(seed, block.index, chunk))
+        return torch.empty(shape, dtype=block.param.dtype, device=block.param.device).normal_(generator=gen)
+
+    def noise(self, seed: int, block: Block) -> torch.Tensor:
+        """The whole z_b for one seed (materialized; for tests and forward-mode tangents)."""
+        parts = [self.noise_chunk(seed, block, c) for c in range(len(self._chunks[block.index]))]
+        return torch.cat(parts) if block.shape else parts[0]
+
+    def _chunk_list(self, blocks: Sequence[Block]) -> list[tuple[Block, int]]:
+        return [(b, c) for b in blocks for c in range(len(self._chunks[b.index]))]
+
+    def _run(self, fn: Callable[[Block, int], None], items: Sequence[tuple[Block, int]]) -> None:
+        """Run ``fn(block, chunk)`` for every item on the thread pool and wait.
+
+        Each worker draws its chunk's noise *and* does the arithmetic on it: torch's CPU ``normal_`` is
+        single-threaded, so chunks in parallel is what uses the cores (measured: a full update sweep of
+        SmolLM2-135M takes 0.22 s this way, 0.54 s when workers only draw and the caller adds).
+        """
+        if len(items) == 1:
+            fn(*items[0])
+            return
+        for future in [self._pool.submit(fn, *item) for item in items]:
+            future.result()  # re-raises a worker's exception here
+
+    def _combine(self, out: torch.Tensor, base: torch.Tensor | None, block: Block, chunk: int,
+                 directions: Sequence[Direction], sigma: torch.Tensor) -> None:
+        """out = base + sum_j c_j sigma_b z_j for one chunk (``base`` None: out += ...)."""
+        scale = float(sigma[block.index])
+        for j, d in enumerate(directions):
+            z = self.noise_chunk(d.seed, block, chunk)
+            if j == 0 and base is not None:
+                torch.add(base, z, alpha=d.coeff * scale, out=out)
+            else:
+                out.add_(z, alpha=d.coeff * scale)
+
+    def _rows(self, tensor: torch.Tensor, block: Block, chunk: int) -> torch.Tensor:
+        r0, r1 = self._chunks[block.index][chunk]
+        return tensor[r0:r1] if block.shape else tensor
+
+    # ---- updates -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def add_(self, directions: Sequence[Direction], sigma: torch.Tensor | None = None) -> None:
+        """theta_b += sum_j c_j sigma_b z_b(seed_j) in place, for every block."""
+        sigma = self.sigma if sigma is None else sigma
+
+        def update(block: Block, chunk: int) -> None:
+            self._combine(self._rows(block.param.data, block, chunk), None, block, chunk, directions, sigma)
+
+        self._run(update, self._chunk_list(self.blocks))
+
+    def gradient_chunks(self, directions: Sequence[Direction],
+                        sigma: torch.Tensor | None = None) -> Iterator[tuple[Block, slice, torch.Tensor]]:
+        """Yield (block, row slice, sum_j c_j sigma_b z_b chunk): an estimated gradient, chunk by chunk.
+
+        For optimizers that transform the estimate (sign, momentum, Adam) without materializing it whole.
+        """
+        sigma = self.sigma if sigma is None else sigma
+        for block, chunk in self._chunk_list(self.blocks):
+            r0, r1 = self._chunks[block.index][chunk]
+            out = torch.zeros_like(self._rows(block.param.detach(), block, chunk))
+            self._combine(out, None, block, chunk, directions, sigma)
+            yield block, slice(r0, r1), out
+
+    # ---- perturbed forwards ------------------------------------------------------------------------
+
+    def _is_additive(self, block: Block, module: nn.Module, attr: str) -> bool:
+        large = block.numel > self.chunk_numel
+        return attr == "weight" and large and type(module) in (nn.Embedding, nn.Linear)
+
+    def _additive_term(self, block: Block, module: nn.Module, inputs: torch.Tensor,
+                       directions: Sequence[Direction], sigma: torch.Tensor) -> torch.Tensor:
+        """The noise part of the module's output, computed chunk by chunk of weight rows.
+
+        Sequential on purpose, like ``perturbed``: inside a forward the pool only competes with torch.
+        """
+        lookup = isinstance(module, nn.Embedding)
+        if lookup:
+            term = torch.zeros((*inputs.shape, block.shape[1]), dtype=block.param.dtype)
+        else:
+            term = torch.zeros((*inputs.shape[:-1], block.shape[0]), dtype=block.param.dtype)
+
+        def add_chunk(b: Block, chunk: int) -> None:
+            r0, r1 = self._chunks[b.index][chunk]
+            if lookup:
+                hit = (inputs >= r0) & (inputs < r1)
+                if not hit.any():
+                    return
+            scale = float(sigma[b.index])
+            for d in directions:
+                # Scale the small product, not the chunk: one pass over the noise instead of three.
+                z = self.noise_chunk(d.seed, b, chunk)
+                if lookup:
+                    term[hit] += (d.coeff * scale) * z[inputs[hit] - r0]
+                else:
+                    term[..., r0:r1] += (d.coeff * scale) * F.linear(inputs, z)
+
+        for item in self._chunk_list([block]):
+            add_chunk(*item)
+        return term
+
+    @contextmanager
+    def perturbed(self, directions: Sequence[Direction], sigma: torch.Tensor | None = None):
+        """Inside this context, every forward sees theta_b + sum_j c_j sigma_b z_b(seed_j)."""
+        sigma = self.sigma if sigma is None else sigma
+
+        def replace(block: Block, module: nn.Module, attr: str):
+            if self._is_additive(block, module, attr):
+                return lambda inputs: self._additive_term(block, module, inputs, directions, sigma)
+            # One block at a time, on this thread: spreading a single layer's blocks over the pool
+            # measured slower (0.58 s vs 0.40 s of overhead per SmolLM2 forward), as the pool then
+            # competes with torch's own threads between every pair of modules.
+            out = torch.empty_like(block.param.detach())
+            for chunk in range(len(self._chunks[block.index])):
+                base = self._rows(block.param.detach(), block, chunk)
+                self._combine(self._rows(out, block, chunk), base, block, chunk, directions, sigma)
+            return out
+
+        with self.swapped(replace):
+            yield
+
+    @contextmanager
+    def swapped(self, replace: Callable[[Block, nn.Module, str], object]):
+        """Inside this context, each owning module runs with ``replace(block, module, attr)``.
+
+        ``replace`` returns either a tensor, used in place of the parameter during the module's
+        forward, or a function ``inputs -> tensor`` whose result is added to the module's output.
+        Hooks are installed for the duration of the context only; parameters are never written.
+        """
+        by_module: dict[int, tuple[nn.Module, list[tuple[Block, str]]]] = {}
+        for block in self.blocks:
+            for module, attr in block.owners:
+                by_module.setdefault(id(module), (module, []))[1].append((block, attr))
+        hooks = [_SwapHook(module, owned, replace) for module, owned in by_module.values()]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.close()
+
+
+class _SwapHook:
+    """Swaps one module's parameters for replacements around each forward call, then restores them.
+
+    ``close`` removes the hooks and restores anything still swapped, so theta is back in place even
+    when a forward raised half-way.
+    """
+
+    def __init__(self, module: nn.Module, owned: list[tuple[Block, str]],
+                 replace: Callable[[Block, nn.Module, str], object]):
+        self.module = module
+        self.owned = owned
+        self.replace = replace
+        self.originals: dict[str, nn.Parameter] = {}
+        self.additive: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        self.handles = [
+            module.register_forward_pre_hook(self.before),
+            module.register_forward_hook(self.after, with_kwargs=True),
+        ]
+
+    def before(self, module: nn.Module, args) -> None:
+        self.additive = []
+        for block, attr in self.owned:
+            replacement = self.replace(block, module, attr)
+            if isinstance(replacement, torch.Tensor):
+                self.originals.setdefault(attr, module._parameters[attr])
+                # Direct dict write: a plain tensor is not an nn.Parameter, and the original Parameter
+                # object (theta) must stay untouched to be put back.
+                module._parameters[attr] = replacement
+            else:
+                self.additive.append(replacement)
+
+    def after(self, module: nn.Module, args, kwargs, output):
+        self._restore()
+        inputs = args[0] if args else next(iter(kwargs.values()))
+        for term in self.additive:
+            output = output + term(inputs)
+        self.additive = []
+        return output
+
+    def _restore(self) -> None:
+        self.module._parameters.update(self.originals)
+        self.originals = {}
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self._restore()
