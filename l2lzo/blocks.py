@@ -16,8 +16,8 @@ from torch import nn
 _ROLE_PATTERNS: tuple[tuple[str, str], ...] = (
     ("lora_A", r"lora_A"),
     ("lora_B", r"lora_B"),
-    ("prefix", r"prompt_encoder.*(prefix|embedding)|prefix"),
-    ("prompt", r"prompt_embeddings|prompt_encoder"),
+    ("prefix", r"PrefixEncoder|prefix"),
+    ("prompt", r"PromptEmbedding|prompt_embeddings|prompt_encoder"),
     ("q", r"q_proj|\.query\b|attn\.q\b"),
     ("k", r"k_proj|\.key\b|attn\.k\b"),
     ("v", r"v_proj|\.value\b|attn\.v\b"),
@@ -51,10 +51,15 @@ class Block:
         return self.param.numel()
 
 
-def role_of(name: str) -> str:
-    """The role of a parameter, from its qualified name."""
+def role_of(name: str, module_classes: str = "") -> str:
+    """The role of a parameter, from its qualified name and the class names of the modules on its path.
+
+    Class names settle what names cannot: peft's prefix and prompt tuning both store
+    ``prompt_encoder.<adapter>.embedding.weight``, inside a PrefixEncoder or a PromptEmbedding.
+    """
+    text = f"{name} {module_classes}"
     for role, pattern in _ROLE_PATTERNS:
-        if re.search(pattern, name):
+        if re.search(pattern, text):
             return role
     return "other"
 
@@ -79,8 +84,11 @@ def discover_blocks(model: nn.Module) -> list[Block]:
     deepest = max(layer_ids, default=0)
     blocks = []
     params_by_key = {id(p): p for p in model.parameters() if p.requires_grad}
+    modules = dict(model.named_modules())
     for index, (key, name) in enumerate(first_name.items()):
-        role = role_of(name)
+        parts = name.split(".")
+        path_classes = " ".join(type(modules[".".join(parts[:i])]).__name__ for i in range(1, len(parts)))
+        role = role_of(name, path_classes)
         blocks.append(
             Block(
                 index=index,

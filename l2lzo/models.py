@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from l2lzo.errors import L2LZOError
+from l2lzo.hub import offline_mode, probe_hub
 from l2lzo.paths import cache_dir
 
 CAUSAL = "causal"
@@ -65,12 +66,14 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     else:
         folder = None
     source = str(folder) if folder is not None else name
+    # Without a reachable hub, transformers retries for ~30 s per file: go straight to the local HF cache.
+    local_only = folder is not None or offline_mode() or probe_hub() is not None
     try:
-        return _load_pretrained(name, source, dtype)
+        return _load_pretrained(name, source, dtype, local_only)
     except (OSError, ValueError) as exc:
         raise L2LZOError(
             f"model {name!r} cannot be loaded: not a built-in alias ({', '.join(BUILTIN_MODELS)}), "
-            f"not a local model folder, and not found on the HF hub or its local cache ({_first_line(exc)})"
+            f"not a local model folder, and not on the HF hub or in its local cache ({_first_line(exc)})"
         ) from exc
 
 
@@ -79,14 +82,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _load_pretrained(name: str, source: str, dtype: torch.dtype) -> LoadedModel:
+def _load_pretrained(name: str, source: str, dtype: torch.dtype, local_only: bool) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(source)
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     family = CAUSAL if _is_causal(config) else ENCODER
     model_cls = AutoModelForCausalLM if family == CAUSAL else AutoModel
-    model = model_cls.from_pretrained(source, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     prepare_tokenizer(tokenizer, family)
     model.eval()  # dropout off: ZO compares two forwards, which must differ only by the perturbation
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, family=family)

@@ -10,18 +10,15 @@ blank and each option is the candidate followed by the rest of the sentence.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 from ..errors import L2LZOError
+from ..hub import offline_mode, probe_hub
 from .base import CLASSIFICATION, MULTIPLE_CHOICE, Example
 
 YES_NO = (" No", " Yes")
-PROBE_TIMEOUT_S = 3.0
 
 
 def sst2(row: dict[str, Any]) -> Example:
@@ -129,26 +126,6 @@ HF_TASKS: dict[str, HFTask] = {
     "multirc": HFTask("aps/super_glue", "multirc", CLASSIFICATION, multirc),
     "winogrande": HFTask("allenai/winogrande", "winogrande_xl", MULTIPLE_CHOICE, winogrande),
 }
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def offline_mode() -> bool:
-    """Whether the user told HF libraries to stay offline."""
-    return _truthy("HF_HUB_OFFLINE") or _truthy("HF_DATASETS_OFFLINE")
-
-
-def probe_hub(timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """None if the hub answers a TCP connect within ``timeout`` seconds, else the reason it does not."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as e:
-        return f"{host}:{port}: {e.strerror or e}"
 
 
 def load_hf_task(name: str) -> tuple[HFTask, list[Example]]:

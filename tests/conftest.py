@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models built from configs, and an isolated, hub-free environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from l2lzo.models import CAUSAL, ENCODER, tiny_model
+from l2lzo.tasks import Example
+
+
+@pytest.fixture(autouse=True)
+def _offline_hf(monkeypatch):
+    # No test may wait on the HF hub; the real loaders are tested with local files and packages.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def tiny_causal():
+    return tiny_model(CAUSAL)
+
+
+@pytest.fixture
+def tiny_encoder():
+    return tiny_model(ENCODER)
+
+
+# Options without a leading space: with the byte-level test tokenizer their first tokens differ,
+# which exercises the label-word path; " yes"/" no" share the space token and use candidates.
+LABEL_WORD_EXAMPLES = [
+    Example("great movie. It was", ("bad", "good"), 1),
+    Example("awful plot. It was", ("bad", "good"), 0),
+    Example("loved it. It was", ("bad", "good"), 1),
+    Example("boring. It was", ("bad", "good"), 0),
+]
+CANDIDATE_EXAMPLES = [
+    Example("Q: colour of the sky?\nA:", (" blue", " red sun"), 0),
+    Example("Q: colour of grass?\nA:", (" purple rain", " green"), 1),
+]
