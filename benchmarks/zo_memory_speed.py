@@ -1,0 +1,150 @@
+"""Peak memory and step time of ZO-SGD full fine-tuning vs inference, FO-SGD and FO-Adam.
+
+Model: smollm2-135m (fp32, full fine-tuning: every one of its 134.5M parameters is trainable).
+Batch: 16 real Pang & Lee polarity prompts, each truncated/padded to exactly 64 tokens; loss =
+cross-entropy over the two label words (the fine-tune loop's own loss).
+
+Each mode runs in a fresh process, so peak RSS is that mode's alone. The peak is reset after the
+model is loaded and warmed up (``/proc/self/clear_refs``), so loading does not mask the step's peak.
+
+    .venv/bin/python benchmarks/zo_memory_speed.py [--steps 8] [--model smollm2-135m]
+
+Needs `l2lzo data prepare polarity`. Writes benchmarks/results/zo_memory_speed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODES = ("inference", "zo-sgd", "fo-sgd", "fo-adam")
+RESULTS = Path(__file__).parent / "results"
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _batch(scorer, batch_size: int, seq_len: int):
+    from l2lzo.tasks import Example, load_task
+
+    pool = load_task("polarity", train_size=None).train
+    prompts = []
+    for i in range(batch_size):  # several sentences per prompt, so each is longer than seq_len tokens
+        text = " ".join(e.prompt for e in pool[i * 8:(i + 1) * 8])
+        prompts.append(Example(text, pool[0].options, pool[i].label))
+    batch = scorer.encode(prompts)
+    assert batch.mode == "label_word" and tuple(batch.inputs["input_ids"].shape) == (batch_size, seq_len)
+    return batch
+
+
+def _timed(fn, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def worker(mode: str, model_name: str, steps: int, batch_size: int, seq_len: int) -> dict:
+    import torch
+
+    from l2lzo.models import load_model
+    from l2lzo.optim import build_optimizer
+    from l2lzo.scoring import Scorer
+
+    torch.manual_seed(0)
+    loaded = load_model(model_name)
+    scorer = Scorer(loaded, max_length=seq_len)
+    batch = _batch(scorer, batch_size, seq_len)
+    out = {"mode": mode, "model": model_name, "batch": batch_size, "seq_len": seq_len, "steps": steps,
+           "threads": torch.get_num_threads()}
+    if mode == "inference":
+        def step():
+            with torch.no_grad():
+                scorer.loss(batch)
+    else:
+        lr = 1e-6 if mode == "zo-sgd" else 1e-5
+        opt = build_optimizer(mode, loaded.model, lr=lr, eps=1e-3)
+
+        def step():
+            opt.step(lambda: scorer.loss(batch))
+    step()  # warm-up (allocator, lazy init)
+    _reset_peak_rss()
+    times = _timed(step, steps)
+    out.update(peak_rss_mib=_peak_rss_mib(), median_s=statistics.median(times), times_s=times)
+    if mode == "zo-sgd":
+        from l2lzo.perturbation import Direction
+
+        engine = opt.engine
+        out["noise_sweep_s"] = statistics.median(_timed(lambda: [engine.noise(1, b) for b in engine.blocks], 3))
+        out["update_sweep_s"] = statistics.median(_timed(lambda: engine.add_([Direction(1, 0.0)]), 3))
+
+        def perturbed_forward():
+            with torch.no_grad(), engine.perturbed([Direction(1, 1e-3)]):
+                scorer.loss(batch)
+
+        out["perturbed_forward_s"] = statistics.median(_timed(perturbed_forward, 3))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per mode (after one warm-up)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.steps, args.batch_size, args.seq_len)))
+        return
+    rows = {}
+    for mode in MODES:
+        cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{mode:>10}: peak RSS {rows[mode]['peak_rss_mib']:.0f} MiB, median {rows[mode]['median_s']:.3f} s",
+              file=sys.stderr)
+    inf, zo = rows["inference"], rows["zo-sgd"]
+    summary = {
+        "what": f"{args.model} fp32 full fine-tuning, batch {args.batch_size} x {args.seq_len} tokens, "
+                f"label-word loss, {args.steps} timed steps per mode (median), {inf['threads']} threads",
+        "rss_ratio_vs_inference": {m: rows[m]["peak_rss_mib"] / inf["peak_rss_mib"] for m in MODES},
+        "zo_step_over_two_forwards": zo["median_s"] / (2 * inf["median_s"]),
+        "perturbed_forward_over_forward": zo["perturbed_forward_s"] / inf["median_s"],
+        "noise_sweep_s": zo["noise_sweep_s"],
+        "update_sweep_s": zo["update_sweep_s"],
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "zo_memory_speed.json").write_text(json.dumps(summary, indent=2))
+    lines = [f"# ZO memory and speed: {summary['what']}", "",
+             "| mode | peak RSS (MiB) | x inference | median step (s) |", "|---|---|---|---|"]
+    for m in MODES:
+        lines.append(f"| {m} | {rows[m]['peak_rss_mib']:.0f} | {summary['rss_ratio_vs_inference'][m]:.3f} "
+                     f"| {rows[m]['median_s']:.3f} |")
+    lines += ["", f"- ZO-SGD step / (2 x forward): {summary['zo_step_over_two_forwards']:.3f}",
+              f"- perturbed forward / forward: {summary['perturbed_forward_over_forward']:.3f}",
+              f"- one noise sweep over all 134.5M weights (generate only, 1 thread): {zo['noise_sweep_s']:.3f} s",
+              f"- one update sweep (generate + add, thread pool): {zo['update_sweep_s']:.3f} s"]
+    (RESULTS / "zo_memory_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Real models on real data (CI runs these after the fast suite: `pytest -m smoke`).
+
+Needs the polarity data (`l2lzo data prepare polarity`) and the two model wheels from scripts/setup.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from l2lzo.blocks import discover_blocks
+from l2lzo.finetune import FinetuneConfig, finetune
+from l2lzo.models import CAUSAL, ENCODER, load_model
+from l2lzo.perturbation import Direction, PerturbationEngine
+from l2lzo.scoring import Scorer
+from l2lzo.tasks import load_task
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.fixture(scope="module")
+def polarity():
+    return load_task("polarity", train_size=16, dev_size=64, test_size=64)
+
+
+def test_minilm_zo_finetune_end_to_end(tmp_path, polarity):
+    config = FinetuneConfig(model="minilm-l6", task="polarity", steps=10, eval_every=5, train_size=16,
+                            dev_size=64, test_size=64, output=str(tmp_path / "minilm.json"))
+    result = finetune(config, splits=polarity, progress=False)
+    saved = json.loads((tmp_path / "minilm.json").read_text())
+    assert saved["trainable_parameters"] > 22_000_000
+    assert len(saved["evals"]) == 3 and saved["final_test"]["examples"] == 64
+    assert result.evals[-1]["train_loss"] > 0
+
+
+def test_smollm2_perturbation_is_exact_and_zero_shot_beats_chance(polarity):
+    loaded = load_model("smollm2-135m")
+    assert loaded.family == CAUSAL
+    assert sum(p.numel() for p in loaded.model.parameters()) == 134_515_008
+    scorer = Scorer(loaded)
+    batch = scorer.encode(polarity.dev[:8])
+    engine = PerturbationEngine(discover_blocks(loaded.model))
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    with torch.no_grad():
+        with engine.perturbed([Direction(7, 1e-3)]):
+            plus = float(scorer.loss(batch))
+        with engine.perturbed([Direction(7, -1e-3)]):
+            minus = float(scorer.loss(batch))
+    assert plus != minus
+    for name, p in loaded.model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+    assert scorer.evaluate(polarity.dev)["accuracy"] > 0.55
+
+
+def test_minilm_is_an_encoder_with_a_stable_fingerprint():
+    a, b = load_model("minilm-l6"), load_model("minilm-l6")
+    assert a.family == ENCODER
+    from l2lzo.models import fingerprint
+
+    assert fingerprint(a.model) == fingerprint(b.model)
