@@ -26,13 +26,23 @@ def tiny_encoder():
 
 # Options without a leading space: with the byte-level test tokenizer their first tokens differ,
 # which exercises the label-word path; " yes"/" no" share the space token and use candidates.
-LABEL_WORD_EXAMPLES = [
+_LABEL_WORD = [
     Example("great movie. It was", ("bad", "good"), 1),
     Example("awful plot. It was", ("bad", "good"), 0),
     Example("loved it. It was", ("bad", "good"), 1),
     Example("boring. It was", ("bad", "good"), 0),
 ]
-CANDIDATE_EXAMPLES = [
+_CANDIDATE = [
     Example("Q: colour of the sky?\nA:", (" blue", " red sun"), 0),
     Example("Q: colour of grass?\nA:", (" purple rain", " green"), 1),
 ]
+
+
+@pytest.fixture
+def label_word_examples():
+    return list(_LABEL_WORD)
+
+
+@pytest.fixture
+def candidate_examples():
+    return list(_CANDIDATE)

@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import torch
 
-from conftest import CANDIDATE_EXAMPLES, LABEL_WORD_EXAMPLES
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import Example
 
 
-def test_label_word_mode_reads_the_last_position(tiny_causal):
+def test_label_word_mode_reads_the_last_position(tiny_causal, label_word_examples, candidate_examples):
     scorer = Scorer(tiny_causal)
-    batch = scorer.encode(LABEL_WORD_EXAMPLES)
+    batch = scorer.encode(label_word_examples)
     assert batch.mode == "label_word"
     with torch.no_grad():
         scores = scorer.option_scores(batch)
         tok = tiny_causal.tokenizer
-        ids = tok(LABEL_WORD_EXAMPLES[0].prompt, return_tensors="pt")["input_ids"]
+        ids = tok(label_word_examples[0].prompt, return_tensors="pt")["input_ids"]
         logits = tiny_causal.model(input_ids=ids).logits[0, -1]
-    word_ids = [tok("bad", add_special_tokens=False)["input_ids"][0], tok("good", add_special_tokens=False)["input_ids"][0]]
+    word_ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in ("bad", "good")]
     torch.testing.assert_close(scores[0], logits[word_ids], rtol=1e-4, atol=1e-4)
 
 
-def test_candidate_mode_is_mean_token_log_likelihood(tiny_causal):
+def test_candidate_mode_is_mean_token_log_likelihood(tiny_causal, label_word_examples, candidate_examples):
     scorer = Scorer(tiny_causal)
-    batch = scorer.encode(CANDIDATE_EXAMPLES)
+    batch = scorer.encode(candidate_examples)
     assert batch.mode == "candidate"
     with torch.no_grad():
         scores = scorer.option_scores(batch)
         tok = tiny_causal.tokenizer
-        example = CANDIDATE_EXAMPLES[1]
+        example = candidate_examples[1]
         for j, option in enumerate(example.options):
             prompt = tok(example.prompt, add_special_tokens=False)["input_ids"]
             cand = tok(option, add_special_tokens=False)["input_ids"]
@@ -38,7 +37,7 @@ def test_candidate_mode_is_mean_token_log_likelihood(tiny_causal):
             torch.testing.assert_close(scores[1, j], want, rtol=1e-4, atol=1e-4)
 
 
-def test_candidate_truncation_keeps_the_answer(tiny_causal):
+def test_candidate_truncation_keeps_the_answer(tiny_causal, label_word_examples, candidate_examples):
     scorer = Scorer(tiny_causal, max_length=16)
     long = [Example("x" * 200 + " Q?", (" yes it is", " no"), 0), Example("short", (" a", " bb"), 1)]
     batch = scorer.encode(long)
@@ -48,9 +47,9 @@ def test_candidate_truncation_keeps_the_answer(tiny_causal):
     )
 
 
-def test_encoder_similarity_scores_are_bounded_cosines(tiny_encoder):
+def test_encoder_similarity_scores_are_bounded_cosines(tiny_encoder, label_word_examples):
     scorer = Scorer(tiny_encoder)
-    batch = scorer.encode(LABEL_WORD_EXAMPLES)
+    batch = scorer.encode(label_word_examples)
     assert batch.mode == "similarity"
     with torch.no_grad():
         scores = scorer.option_scores(batch)
@@ -58,8 +57,8 @@ def test_encoder_similarity_scores_are_bounded_cosines(tiny_encoder):
     assert scores.abs().max() <= 1 / 0.05 + 1e-4
 
 
-def test_evaluate_groups_mixed_option_counts(tiny_causal):
+def test_evaluate_groups_mixed_option_counts(tiny_causal, label_word_examples, candidate_examples):
     scorer = Scorer(tiny_causal)
-    mixed = [*CANDIDATE_EXAMPLES, Example("Q: pick\nA:", (" one", " two", " three"), 2)]
+    mixed = [*candidate_examples, Example("Q: pick\nA:", (" one", " two", " three"), 2)]
     metrics = scorer.evaluate(mixed, batch_size=2)
     assert metrics["examples"] == 3 and 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
