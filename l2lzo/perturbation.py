@@ -96,33 +96,13 @@ class PerturbationEngine:
             gen = self._local.generator = torch.Generator()
         return gen
 
-    def noise_chunk(self, seed: int, block: Block, chunk: int, scratch: bool = False) -> torch.Tensor:
-        """z for rows ``self._chunks[block.index][chunk]`` of ``block``.
-
-        With ``scratch`` the result lives in this thread's reusable buffer, valid until the thread's next
-        scratch draw: the hot paths use z once and drop it, and reusing one warm buffer avoids a fresh
-        allocation (and its page faults) for every chunk of every forward.
-        """
+    def noise_chunk(self, seed: int, block: Block, chunk: int) -> torch.Tensor:
+        """z for rows ``self._chunks[block.index][chunk]`` of ``block`` (a fresh tensor)."""
         r0, r1 = self._chunks[block.index][chunk]
         shape = (r1 - r0, *block.shape[1:]) if block.shape else ()
-        if scratch:
-            numel = (r1 - r0) * (block.numel // block.shape[0]) if block.shape else 1
-            out = self._scratch(numel, block.param.dtype).view(shape)
-        else:
-            out = torch.empty(shape, dtype=block.param.dtype, device=block.param.device)
         gen = self._generator()
         gen.manual_seed(chunk_seed(seed, block.index, chunk))
-        return out.normal_(generator=gen)
-
-    def _scratch(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        buffers = getattr(self._local, "scratch", None)
-        if buffers is None:
-            buffers = self._local.scratch = {}
-        buf = buffers.get(dtype)
-        if buf is None or buf.numel() < numel:
-            device = self.blocks[0].param.device
-            buf = buffers[dtype] = torch.empty(max(numel, self.chunk_numel), dtype=dtype, device=device)
-        return buf[:numel]
+        return torch.empty(shape, dtype=block.param.dtype, device=block.param.device).normal_(generator=gen)
 
     def noise(self, seed: int, block: Block) -> torch.Tensor:
         """The whole z_b for one seed (materialized; for tests and forward-mode tangents)."""
@@ -150,7 +130,7 @@ class PerturbationEngine:
         """out = base + sum_j c_j sigma_b z_j for one chunk (``base`` None: out += ...)."""
         scale = float(sigma[block.index])
         for j, d in enumerate(directions):
-            z = self.noise_chunk(d.seed, block, chunk, scratch=True)
+            z = self.noise_chunk(d.seed, block, chunk)
             if j == 0 and base is not None:
                 torch.add(base, z, alpha=d.coeff * scale, out=out)
             else:
@@ -212,7 +192,7 @@ class PerturbationEngine:
             scale = float(sigma[b.index])
             for d in directions:
                 # Scale the small product, not the chunk: one pass over the noise instead of three.
-                z = self.noise_chunk(d.seed, b, chunk, scratch=True)
+                z = self.noise_chunk(d.seed, b, chunk)
                 if lookup:
                     term[hit] += (d.coeff * scale) * z[inputs[hit] - r0]
                 else:
