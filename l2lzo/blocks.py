@@ -71,11 +71,15 @@ def discover_blocks(model: nn.Module) -> list[Block]:
     """
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
     first_name: dict[int, str] = {}
+    params: dict[int, nn.Parameter] = {}
+    modules: dict[str, nn.Module] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
+        modules.setdefault(module_name, module)
         for attr, param in module.named_parameters(recurse=False, remove_duplicate=False):
             if not param.requires_grad:
                 continue
             key = id(param)
+            params[key] = param
             if all(owner is not module for owner, _ in owners.get(key, [])):
                 owners.setdefault(key, []).append((module, attr))
             first_name.setdefault(key, f"{module_name}.{attr}" if module_name else attr)
@@ -83,8 +87,6 @@ def discover_blocks(model: nn.Module) -> list[Block]:
     layer_ids = [int(m.group(1)) for n in names if (m := _LAYER_INDEX.search(n))]
     deepest = max(layer_ids, default=0)
     blocks = []
-    params_by_key = {id(p): p for p in model.parameters() if p.requires_grad}
-    modules = dict(model.named_modules())
     for index, (key, name) in enumerate(first_name.items()):
         parts = name.split(".")
         path_classes = " ".join(type(modules[".".join(parts[:i])]).__name__ for i in range(1, len(parts)))
@@ -95,8 +97,8 @@ def discover_blocks(model: nn.Module) -> list[Block]:
                 name=name,
                 role=role,
                 depth=_depth(name, role, deepest),
-                shape=tuple(params_by_key[key].shape),
-                param=params_by_key[key],
+                shape=tuple(params[key].shape),
+                param=params[key],
                 owners=tuple(owners[key]),
             )
         )

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from l2lzo.errors import L2LZOError
 from l2lzo.models import LoadedModel, fingerprint, load_model
-from l2lzo.optim import OPTIMIZERS, ZERO_ORDER, build_optimizer
-from l2lzo.schemes import SCHEMES, apply_scheme
+from l2lzo.optim import ZERO_ORDER, build_optimizer, optimizer_class
+from l2lzo.schemes import apply_scheme, check_scheme
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import Example, TaskSplits, load_task
 
@@ -65,10 +65,8 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Names and ranges, checked before anything slow is loaded; one-line errors."""
-        if self.optimizer.lower() not in OPTIMIZERS:
-            raise L2LZOError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.scheme not in SCHEMES:
-            raise L2LZOError(f"unknown scheme {self.scheme!r}: choose one of {', '.join(SCHEMES)}")
+        optimizer_class(self.optimizer)
+        check_scheme(self.scheme)
         lr = self.resolved_lr()
         checks = [
             (0 < lr <= 1 and math.isfinite(lr), f"--lr must be in (0, 1], got {lr}"),

@@ -24,13 +24,18 @@ class SchemeConfig:
     prompt_tokens: int = 10
 
 
+def check_scheme(scheme: str) -> None:
+    """``L2LZOError`` listing the choices if ``scheme`` is not one of ``SCHEMES``."""
+    if scheme not in SCHEMES:
+        raise L2LZOError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+
+
 def apply_scheme(loaded: LoadedModel, scheme: str, config: SchemeConfig | None = None) -> LoadedModel:
     """Return ``loaded`` with its model wrapped for ``scheme`` (``full`` trains every parameter)."""
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
     config = config or SchemeConfig()
-    if scheme not in SCHEMES:
-        raise L2LZOError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    check_scheme(scheme)
     model = loaded.model
     if scheme == "full":
         for p in model.parameters():

@@ -44,15 +44,21 @@ __all__ = [
 ]
 
 
+def optimizer_class(name: str) -> type:
+    """The class behind an optimizer name (case-insensitive); ``L2LZOError`` listing the choices if unknown."""
+    try:
+        return OPTIMIZERS[name.lower()]
+    except KeyError:
+        raise L2LZOError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}") from None
+
+
 def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-3, n_queries: int = 1,
                     seed: int = 0):
     """The optimizer called ``name`` (see ``OPTIMIZERS``) over the model's trainable parameters."""
-    key = name.lower()
-    if key in ZERO_ORDER:
-        return ZERO_ORDER[key](model, lr=lr, eps=eps, n_queries=n_queries, seed=seed)
-    if key in FIRST_ORDER:
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise L2LZOError("no trainable parameters: the fine-tuning scheme left nothing to optimize")
-        return FIRST_ORDER[key](params, lr=lr)
-    raise L2LZOError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    cls = optimizer_class(name)
+    if name.lower() in ZERO_ORDER:
+        return cls(model, lr=lr, eps=eps, n_queries=n_queries, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise L2LZOError("no trainable parameters: the fine-tuning scheme left nothing to optimize")
+    return cls(params, lr=lr)
