@@ -105,6 +105,42 @@ def discover_blocks(model: nn.Module) -> list[Block]:
     return blocks
 
 
+GROUP_LEVELS = ("layer", "attn-mlp", "tensor")
+_ATTENTION_ROLES = {"q", "k", "v", "o"}
+_MLP_ROLES = {"gate", "up", "down"}
+
+
+def group_key(block: Block, level: str) -> str:
+    """The name of the group ``block`` falls in at ``level`` (see ``GROUP_LEVELS``).
+
+    ``layer``: one group per transformer layer (found by the ``.layers.N.`` style index in the name, so
+    any architecture with numbered layers works), and one per role outside the layers (embed, head,
+    final norm, prefix, ...). ``attn-mlp`` splits each layer into its attention projections, its MLP
+    projections and the rest (norms, adapters' own groups follow their host). ``tensor``: every block alone.
+    """
+    if level == "tensor":
+        return block.name
+    match = _LAYER_INDEX.search(block.name)
+    if not match:
+        return block.role
+    layer = f"layer.{int(match.group(1))}"
+    if level == "layer":
+        return layer
+    if level == "attn-mlp":
+        host = role_of(block.name.replace("lora_A", "").replace("lora_B", ""))
+        part = "attn" if host in _ATTENTION_ROLES else "mlp" if host in _MLP_ROLES else "other"
+        return f"{layer}.{part}"
+    raise ValueError(f"unknown group level {level!r}: choose one of {', '.join(GROUP_LEVELS)}")
+
+
+def group_blocks(blocks: list[Block], level: str) -> dict[str, list[Block]]:
+    """Blocks grouped by ``group_key`` at ``level``, groups in order of first appearance."""
+    groups: dict[str, list[Block]] = {}
+    for block in blocks:
+        groups.setdefault(group_key(block, level), []).append(block)
+    return groups
+
+
 def _depth(name: str, role: str, deepest: int) -> float:
     match = _LAYER_INDEX.search(name)
     if match:

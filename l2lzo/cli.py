@@ -6,27 +6,34 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from l2lzo.errors import L2LZOError
 from l2lzo.finetune import FinetuneConfig
 
 
-def _add_finetune(sub) -> None:
-    from l2lzo.optim import OPTIMIZERS
+def _model_task_parser(sub, name: str, help: str, description: str, d: FinetuneConfig):
+    """A subcommand with the --model / --task / --scheme options every model-on-task command shares."""
     from l2lzo.schemes import SCHEMES
 
-    d = FinetuneConfig()
-    p = sub.add_parser(
-        "finetune", help="fine-tune one model on one task",
-        description="Fine-tune a model on a task with a ZO or FO optimizer. Evaluates on dev every --eval-every "
-                    "steps, keeps the best checkpoint, and writes a results JSON (config, metrics per eval, "
-                    "test metrics before/after, peak memory, median step time).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = sub.add_parser(name, help=help, description=description,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=d.model, help="built-in alias (smollm2-135m, minilm-l6), local folder or HF id")
     p.add_argument("--task", default=d.task, help="task name (see `l2lzo tasks`) or a local .jsonl/.csv file")
-    p.add_argument("--optimizer", default=d.optimizer, help=f"one of: {', '.join(OPTIMIZERS)}")
     p.add_argument("--scheme", default=d.scheme, help=f"one of: {', '.join(SCHEMES)}")
+    return p
+
+
+def _add_finetune(sub) -> None:
+    from l2lzo.optim import OPTIMIZERS
+
+    d = FinetuneConfig()
+    p = _model_task_parser(
+        sub, "finetune", "fine-tune one model on one task",
+        "Fine-tune a model on a task with a ZO or FO optimizer. Evaluates on dev every --eval-every steps, keeps "
+        "the best checkpoint, and writes a results JSON (config, metrics per eval, test metrics before/after, "
+        "peak memory, median step time).", d)
+    p.add_argument("--optimizer", default=d.optimizer, help=f"one of: {', '.join(OPTIMIZERS)}")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--lr", type=float, default=None, help="learning rate (default depends on optimizer and scheme)")
     p.add_argument("--eps", type=float, default=d.eps, help="ZO perturbation scale")
@@ -40,7 +47,33 @@ def _add_finetune(sub) -> None:
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per sequence")
     p.add_argument("--output", default=None, help="results JSON path (default: results/<run>.json)")
+    _add_structure_options(p.add_argument_group("structured ZO (ZO optimizers only)"), d)
     p.set_defaults(func=_run_finetune)
+
+
+def _add_structure_options(group, d: FinetuneConfig) -> None:
+    from l2lzo.blocks import GROUP_LEVELS
+    from l2lzo.optim import HYBRID_FO
+    from l2lzo.profiling import METRICS
+    from l2lzo.sparsity import SPARSE_MODES, SPARSE_SCOPES
+
+    group.add_argument("--zo-blocks", choices=GROUP_LEVELS, default=d.zo_blocks,
+                       help="block-wise ZO: one SPSA estimate per group at this level (2 forwards per group)")
+    group.add_argument("--sparsity", type=float, default=d.sparsity, help="fraction of z set to zero")
+    group.add_argument("--sparse-mode", choices=SPARSE_MODES, default=d.sparse_mode,
+                       help="random: exact random fraction; magnitude: perturb the smallest |theta| (Sparse-MeZO)")
+    group.add_argument("--sparse-scope", choices=SPARSE_SCOPES, default=d.sparse_scope,
+                       help="magnitude threshold per tensor (layer) or over all tensors (global)")
+    group.add_argument("--sparse-resample", type=int, default=d.sparse_resample, help="new masks every N steps")
+    group.add_argument("--hybrid-fo-budget", type=float, default=d.hybrid_fo_budget,
+                       help="hybrid ZO/FO: train the most important layers within this fraction of the "
+                            "parameters with backprop (0: off)")
+    group.add_argument("--hybrid-fo-optimizer", choices=tuple(HYBRID_FO), default=d.hybrid_fo_optimizer)
+    group.add_argument("--hybrid-fo-lr", type=float, default=d.hybrid_fo_lr,
+                       help="lr of the FO part (default: the FO default for the scheme)")
+    group.add_argument("--profile-batches", type=int, default=d.profile_batches,
+                       help="training batches the layer-importance profile averages over")
+    group.add_argument("--profile-metric", choices=METRICS, default=d.profile_metric)
 
 
 def _run_finetune(args) -> None:
@@ -53,6 +86,100 @@ def _run_finetune(args) -> None:
     print(f"test accuracy {before:.3f} -> {after:.3f} (best dev step {result.best_step}); "
           f"median step {result.median_step_seconds:.3f}s; peak RSS {result.peak_rss_mb:.0f} MiB; "
           f"results: {config.output_path()}")
+
+
+def _add_finetune_batch(sub) -> None:
+    from l2lzo.optim import OPTIMIZERS
+    from l2lzo.schemes import SCHEMES
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "finetune-batch", help="fine-tune one model on many tasks with one optimizer plan",
+        description="Resolve the optimizer once (with --server: fetch and verify the model's policy from an l2lzo "
+                    "service, and apply its recommended lr/eps/steps unless given here), then fine-tune every "
+                    "task. Resumable: tasks whose results exist with the same settings are skipped. Writes "
+                    "results.json, results.md and dev_accuracy.png to --output-dir.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="built-in alias, local folder or HF id")
+    p.add_argument("--tasks", required=True, help="comma-separated task names or local .jsonl/.csv files")
+    p.add_argument("--optimizer", default=d.optimizer, help=f"one of: {', '.join(OPTIMIZERS)}")
+    p.add_argument("--scheme", default=d.scheme, help=f"one of: {', '.join(SCHEMES)}")
+    p.add_argument("--server", default=None, help="l2lzo service URL to fetch the model's policy from")
+    p.add_argument("--policy-version", default="latest", help="policy version to fetch (with --server)")
+    p.add_argument("--steps", type=int, default=None, help=f"default: the policy's, else {d.steps}")
+    p.add_argument("--lr", type=float, default=None, help="default: the policy's, else per optimizer and scheme")
+    p.add_argument("--eps", type=float, default=None, help=f"default: the policy's, else {d.eps}")
+    for name in ("batch_size", "seed", "n_queries", "train_size", "dev_size", "test_size", "eval_every",
+                 "max_length"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument("--output-dir", default=None, help="default: results/batch/<model>_<optimizer>_<scheme>")
+    p.add_argument("--ray", action="store_true", help="run tasks in parallel as Ray tasks (one CPU each)")
+    p.set_defaults(func=_run_finetune_batch)
+
+
+def _add_profile_layers(sub) -> None:
+    from l2lzo.profiling import METRICS
+
+    d = FinetuneConfig()
+    p = _model_task_parser(
+        sub, "profile-layers", "layer importance of a model on a task (table + JSON + PNG)",
+        "Profile the importance of every layer (Hi-ZFO) on a few training batches: first-order Taylor "
+        "|g . theta| or gradient norm, per layer group. Prints a table and writes <output>.json and <output>.png. "
+        "--fo-budget marks the layers hybrid ZO/FO would train with backprop.", d)
+    p.add_argument("--batches", type=int, default=d.profile_batches)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--metric", choices=METRICS, default=d.profile_metric)
+    p.add_argument("--fo-budget", type=float, default=0.05, help="fraction of parameters to mark for FO")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--train-size", type=int, default=d.train_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--output", default=None, help="output prefix (default: results/profile_<model>_<task>)")
+    p.set_defaults(func=_run_profile_layers)
+
+
+def _run_profile_layers(args) -> None:
+    from l2lzo.files import write_json
+    from l2lzo.finetune import profile_task
+    from l2lzo.models import load_model
+    from l2lzo.profiling import choose_fo_groups, plot_profile, profile_records, profile_table
+    from l2lzo.schemes import apply_scheme
+    from l2lzo.scoring import Scorer
+    from l2lzo.tasks import load_task
+
+    config = FinetuneConfig(model=args.model, task=args.task, scheme=args.scheme, seed=args.seed,
+                            batch_size=args.batch_size, train_size=args.train_size, max_length=args.max_length,
+                            profile_batches=args.batches, profile_metric=args.metric, hybrid_fo_budget=args.fo_budget)
+    config.validate()
+    if not 0 < args.fo_budget < 1:
+        raise L2LZOError(f"--fo-budget must be in (0, 1), got {args.fo_budget}")
+    splits = load_task(config.task, seed=config.seed, train_size=config.train_size, dev_size=1, test_size=1)
+    scorer = Scorer(apply_scheme(load_model(config.model), config.scheme), max_length=config.max_length)
+    profile = profile_task(scorer, splits.train, config)
+    fo_groups = choose_fo_groups(profile, args.fo_budget)
+    print(profile_table(profile, fo_groups))
+    stem = args.output or f"results/profile_{config.model}_{Path(config.task).stem}".replace("/", "-")
+    prefix = Path(stem)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    write_json(prefix.with_suffix(".json"),
+               {"config": settings, "fo_groups": fo_groups, "profile": profile_records(profile)})
+    plot_profile(profile, prefix.with_suffix(".png"), f"{config.model} on {config.task}: {args.metric} importance",
+                 fo_groups)
+    print(f"FO set at budget {args.fo_budget:.0%}: {', '.join(fo_groups) or 'none fits'}; "
+          f"written {prefix.with_suffix('.json')} and {prefix.with_suffix('.png')}")
+
+
+def _run_finetune_batch(args) -> None:
+    from l2lzo.batch import BatchConfig, finetune_batch
+
+    shared = ("batch_size", "seed", "n_queries", "train_size", "dev_size", "test_size", "eval_every", "max_length")
+    config = BatchConfig(
+        model=args.model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], optimizer=args.optimizer,
+        scheme=args.scheme, steps=args.steps, lr=args.lr, eps=args.eps, server=args.server,
+        policy_version=args.policy_version, output_dir=args.output_dir, ray=args.ray,
+        finetune={k: getattr(args, k) for k in shared})
+    finetune_batch(config)
 
 
 def _run_tasks(args) -> None:
@@ -88,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="l2lzo", description="Learned zeroth-order optimizers for LLM fine-tuning (forward passes only).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_finetune(sub)
+    _add_finetune_batch(sub)
+    _add_profile_layers(sub)
     tasks = sub.add_parser("tasks", help="list available tasks and whether their data is prepared")
     tasks.add_argument("--json", action="store_true", help="machine-readable output")
     tasks.set_defaults(func=_run_tasks)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -16,11 +15,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from l2lzo.blocks import GROUP_LEVELS, discover_blocks, group_blocks
 from l2lzo.errors import L2LZOError
+from l2lzo.files import write_json
 from l2lzo.models import LoadedModel, fingerprint, load_model
-from l2lzo.optim import ZERO_ORDER, build_optimizer, optimizer_class
+from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
+from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
 from l2lzo.schemes import apply_scheme, check_scheme
 from l2lzo.scoring import Scorer
+from l2lzo.sparsity import SPARSE_MODES, SPARSE_SCOPES, SparsityConfig
 from l2lzo.tasks import Example, TaskSplits, load_task
 
 # ZO needs a small lr on full fine-tuning and larger ones when few parameters train. Measured: ("zo", "full")
@@ -52,10 +55,29 @@ class FinetuneConfig:
     eval_every: int = 100
     max_length: int = 64
     output: str | None = None  # results JSON path; default results/<model>_<task>_<optimizer>_<scheme>_s<seed>.json
+    # Structured ZO (ZO optimizers only): block-wise estimates, sparse z, hybrid ZO/FO.
+    zo_blocks: str | None = None  # None: one estimate for all blocks; else one per group at this level
+    sparsity: float = 0.0  # fraction of z set to zero
+    sparse_mode: str = "random"
+    sparse_scope: str = "layer"
+    sparse_resample: int = 100
+    hybrid_fo_budget: float = 0.0  # > 0: the most important layers within this fraction of parameters train FO
+    hybrid_fo_optimizer: str = "adam"
+    hybrid_fo_lr: float | None = None  # None: DEFAULT_LR for (fo, scheme)
+    profile_batches: int = 4
+    profile_metric: str = "taylor"
 
     def resolved_lr(self) -> float:
         kind = "zo" if self.optimizer.lower() in ZERO_ORDER else "fo"
         return self.lr if self.lr is not None else DEFAULT_LR[(kind, self.scheme)]
+
+    def resolved_fo_lr(self) -> float:
+        return self.hybrid_fo_lr if self.hybrid_fo_lr is not None else DEFAULT_LR[("fo", self.scheme)]
+
+    def sparsity_config(self) -> SparsityConfig | None:
+        if not self.sparsity:
+            return None
+        return SparsityConfig(self.sparsity, self.sparse_mode, self.sparse_scope, self.sparse_resample)
 
     def output_path(self) -> Path:
         if self.output:
@@ -78,6 +100,19 @@ class FinetuneConfig:
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
             (self.train_size is None or self.train_size >= 1, f"--train-size must be >= 1, got {self.train_size}"),
             (self.dev_size >= 1 and self.test_size >= 1, "--dev-size and --test-size must be >= 1"),
+            (self.zo_blocks in (None, *GROUP_LEVELS), f"--zo-blocks must be one of {', '.join(GROUP_LEVELS)}"),
+            (0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}"),
+            (self.sparse_mode in SPARSE_MODES, f"--sparse-mode must be one of {', '.join(SPARSE_MODES)}"),
+            (self.sparse_scope in SPARSE_SCOPES, f"--sparse-scope must be one of {', '.join(SPARSE_SCOPES)}"),
+            (self.sparse_resample >= 1, f"--sparse-resample must be >= 1, got {self.sparse_resample}"),
+            (0 <= self.hybrid_fo_budget < 1, f"--hybrid-fo-budget must be in [0, 1), got {self.hybrid_fo_budget}"),
+            (self.hybrid_fo_optimizer in HYBRID_FO,
+             f"--hybrid-fo-optimizer must be one of {', '.join(HYBRID_FO)}"),
+            (0 < self.resolved_fo_lr() <= 1, f"--hybrid-fo-lr must be in (0, 1], got {self.resolved_fo_lr()}"),
+            (self.profile_batches >= 1, f"--profile-batches must be >= 1, got {self.profile_batches}"),
+            (self.profile_metric in METRICS, f"--profile-metric must be one of {', '.join(METRICS)}"),
+            (self.optimizer.lower() in ZERO_ORDER or not (self.zo_blocks or self.sparsity or self.hybrid_fo_budget),
+             f"--zo-blocks, --sparsity and --hybrid-fo-budget apply to ZO optimizers, not {self.optimizer}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -100,6 +135,7 @@ class FinetuneResult:
     peak_rss_mb: float = 0.0
     wall_seconds: float = 0.0
     checkpoint: str | None = None
+    structure: dict = field(default_factory=dict)  # FO set and profile (hybrid), mask memory (sparse)
 
 
 def peak_rss_mb() -> float:
@@ -168,8 +204,23 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     loaded = apply_scheme(loaded or load_model(config.model), config.scheme)
     model = loaded.model
     scorer = Scorer(loaded, max_length=config.max_length)
+    structure: dict = {}
+    fo_blocks = None
+    if config.hybrid_fo_budget:
+        profile = profile_task(scorer, splits.train, config)
+        fo_groups = choose_fo_groups(profile, config.hybrid_fo_budget)
+        if not fo_groups:
+            smallest = min(profile, key=lambda g: g.parameters)
+            raise L2LZOError(f"--hybrid-fo-budget {config.hybrid_fo_budget} fits no layer (the smallest group, "
+                             f"{smallest.group}, has {smallest.parameters:,} parameters)")
+        groups = group_blocks(discover_blocks(model), "layer")
+        fo_blocks = [b for name in fo_groups for b in groups[name]]
+        structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
+                     "profile": profile_records(profile)}
     optimizer = build_optimizer(config.optimizer, model, lr=config.resolved_lr(), eps=config.eps,
-                                n_queries=config.n_queries, seed=config.seed)
+                                n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
+                                sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
+                                fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr())
     out_path = config.output_path()
     checkpoint = BestCheckpoint(out_path.with_suffix(".best.safetensors"))
     result = FinetuneResult(
@@ -178,6 +229,7 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         task_source=splits.info.source,
         checkpoint=str(checkpoint.path),
+        structure=structure,
     )
     result.initial_test = scorer.evaluate(splits.test)
     best_dev = _record_eval(result, scorer, splits, step=0, train_loss=None)
@@ -205,11 +257,25 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
             bar.set_postfix(loss=f"{loss:.3f}", dev_acc=f"{dev:.3f}", best=f"{best_dev:.3f}")
     checkpoint.restore(model)
     result.final_test = scorer.evaluate(splits.test)
+    zo = getattr(optimizer, "zo", optimizer)
+    if getattr(zo, "mask", None) is not None:
+        result.structure["mask_bytes"] = zo.mask.nbytes
+    if config.zo_blocks:
+        result.structure["zo_groups"] = len(zo.groups)
     result.median_step_seconds = statistics.median(step_times)
     result.peak_rss_mb = peak_rss_mb()
     result.wall_seconds = time.perf_counter() - start
-    _write_json(out_path, asdict(result))
+    write_json(out_path, asdict(result))
     return result
+
+
+def profile_task(scorer: Scorer, train: list[Example], config: FinetuneConfig) -> list[GroupImportance]:
+    """Layer importance of the scorer's model on ``config.profile_batches`` seeded training batches."""
+    order = _epoch_order(len(train), config.seed + 1)  # not the training order's first batches
+    size = min(config.batch_size, len(train))
+    closures = [grouped_loss(scorer, [train[next(order)] for _ in range(size)])
+                for _ in range(config.profile_batches)]
+    return profile_layers(scorer.loaded.model, closures, metric=config.profile_metric)
 
 
 def _record_eval(result: FinetuneResult, scorer: Scorer, splits: TaskSplits, step: int,
@@ -227,10 +293,3 @@ def _epoch_order(n: int, seed: int):
         order = list(range(n))
         rng.shuffle(order)
         yield from order
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)

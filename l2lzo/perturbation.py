@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +38,29 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(frozen=True)
 class Direction:
-    """One term c * sigma_b * z_b(seed) of a perturbation or an update."""
+    """One term c * sigma_b * z_b(seed) of a perturbation or an update.
+
+    ``scope`` limits the term to some blocks (their indices); None means every block. Block-wise ZO
+    gives each block group its own scoped directions.
+    """
 
     seed: int
     coeff: float
+    scope: frozenset[int] | None = None
+
+    def covers(self, block: Block) -> bool:
+        return self.scope is None or block.index in self.scope
+
+    def scaled(self, factor: float) -> Direction:
+        """The same direction (seed and scope) with its coefficient times ``factor``."""
+        return Direction(self.seed, self.coeff * factor, self.scope)
+
+
+class ChunkMask(Protocol):
+    """A 0/1 mask on z (sparse perturbation): ``mask(block, chunk)`` is a bool tensor shaped like the chunk,
+    or None for a dense chunk."""
+
+    def __call__(self, block: Block, chunk: int) -> torch.Tensor | None: ...
 
 
 def chunk_seed(seed: int, block_index: int, chunk_index: int) -> int:
@@ -65,6 +85,8 @@ class PerturbationEngine:
     def __init__(self, blocks: Sequence[Block], chunk_numel: int = CHUNK_NUMEL, threads: int | None = None):
         if not blocks:
             raise ValueError("no trainable parameters: the fine-tuning scheme left nothing to optimize")
+        if [b.index for b in blocks] != list(range(len(blocks))):
+            raise ValueError("block indices must be 0..n-1 in order (they index sigma and seed the noise)")
         self.blocks = list(blocks)
         self.chunk_numel = chunk_numel
         self._threads = threads or max(1, torch.get_num_threads())
@@ -72,6 +94,15 @@ class PerturbationEngine:
         self._local = threading.local()
         self._chunks = {b.index: self._row_chunks(b) for b in self.blocks}
         self.sigma = torch.ones(len(self.blocks), dtype=torch.float64)
+        self.mask: ChunkMask | None = None
+
+    def set_mask(self, mask: ChunkMask | None) -> None:
+        """Multiply every z by ``mask`` from now on (perturbations and updates alike); None: dense."""
+        self.mask = mask
+
+    def chunks(self, block: Block) -> list[tuple[int, int]]:
+        """Row ranges of ``block``'s chunks: the unit of noise generation (and of masks)."""
+        return self._chunks[block.index]
 
     def set_sigma(self, sigma: torch.Tensor | Sequence[float]) -> None:
         """Per-block perturbation scales (shape: number of blocks)."""
@@ -102,7 +133,9 @@ class PerturbationEngine:
         shape = (r1 - r0, *block.shape[1:]) if block.shape else ()
         gen = self._generator()
         gen.manual_seed(chunk_seed(seed, block.index, chunk))
-        return torch.empty(shape, dtype=block.param.dtype, device=block.param.device).normal_(generator=gen)
+        z = torch.empty(shape, dtype=block.param.dtype, device=block.param.device).normal_(generator=gen)
+        mask = self.mask(block, chunk) if self.mask is not None else None
+        return z if mask is None else z.mul_(mask)
 
     def noise(self, seed: int, block: Block) -> torch.Tensor:
         """The whole z_b for one seed (materialized; for tests and forward-mode tangents)."""
@@ -111,6 +144,10 @@ class PerturbationEngine:
 
     def _chunk_list(self, blocks: Sequence[Block]) -> list[tuple[Block, int]]:
         return [(b, c) for b in blocks for c in range(len(self._chunks[b.index]))]
+
+    def covered(self, directions: Sequence[Direction]) -> list[Block]:
+        """The blocks at least one direction reaches (all of them unless every direction is scoped)."""
+        return [b for b in self.blocks if any(d.covers(b) for d in directions)]
 
     def _run(self, fn: Callable[[Block, int], None], items: Sequence[tuple[Block, int]]) -> None:
         """Run ``fn(block, chunk)`` for every item on the thread pool and wait.
@@ -129,12 +166,18 @@ class PerturbationEngine:
                  directions: Sequence[Direction], sigma: torch.Tensor) -> None:
         """out = base + sum_j c_j sigma_b z_j for one chunk (``base`` None: out += ...)."""
         scale = float(sigma[block.index])
-        for j, d in enumerate(directions):
+        first = base is not None
+        for d in directions:
+            if not d.covers(block):
+                continue
             z = self.noise_chunk(d.seed, block, chunk)
-            if j == 0 and base is not None:
+            if first:
                 torch.add(base, z, alpha=d.coeff * scale, out=out)
+                first = False
             else:
                 out.add_(z, alpha=d.coeff * scale)
+        if first:  # no direction reached this block
+            out.copy_(base)
 
     def _rows(self, tensor: torch.Tensor, block: Block, chunk: int) -> torch.Tensor:
         r0, r1 = self._chunks[block.index][chunk]
@@ -144,22 +187,23 @@ class PerturbationEngine:
 
     @torch.no_grad()
     def add_(self, directions: Sequence[Direction], sigma: torch.Tensor | None = None) -> None:
-        """theta_b += sum_j c_j sigma_b z_b(seed_j) in place, for every block."""
+        """theta_b += sum_j c_j sigma_b z_b(seed_j) in place, for every block a direction covers."""
         sigma = self.sigma if sigma is None else sigma
 
         def update(block: Block, chunk: int) -> None:
             self._combine(self._rows(block.param.data, block, chunk), None, block, chunk, directions, sigma)
 
-        self._run(update, self._chunk_list(self.blocks))
+        self._run(update, self._chunk_list(self.covered(directions)))
 
     def gradient_chunks(self, directions: Sequence[Direction],
                         sigma: torch.Tensor | None = None) -> Iterator[tuple[Block, slice, torch.Tensor]]:
         """Yield (block, row slice, sum_j c_j sigma_b z_b chunk): an estimated gradient, chunk by chunk.
 
         For optimizers that transform the estimate (sign, momentum, Adam) without materializing it whole.
+        Blocks no direction covers are skipped.
         """
         sigma = self.sigma if sigma is None else sigma
-        for block, chunk in self._chunk_list(self.blocks):
+        for block, chunk in self._chunk_list(self.covered(directions)):
             r0, r1 = self._chunks[block.index][chunk]
             out = torch.zeros_like(self._rows(block.param.detach(), block, chunk))
             self._combine(out, None, block, chunk, directions, sigma)
@@ -190,7 +234,7 @@ class PerturbationEngine:
                 if not hit.any():
                     return
             scale = float(sigma[b.index])
-            for d in directions:
+            for d in (d for d in directions if d.covers(b)):
                 # Scale the small product, not the chunk: one pass over the noise instead of three.
                 z = self.noise_chunk(d.seed, b, chunk)
                 if lookup:
@@ -204,7 +248,10 @@ class PerturbationEngine:
 
     @contextmanager
     def perturbed(self, directions: Sequence[Direction], sigma: torch.Tensor | None = None):
-        """Inside this context, every forward sees theta_b + sum_j c_j sigma_b z_b(seed_j)."""
+        """Inside this context, every forward sees theta_b + sum_j c_j sigma_b z_b(seed_j).
+
+        Only modules owning a block that some direction covers are hooked; the rest run untouched.
+        """
         sigma = self.sigma if sigma is None else sigma
 
         def replace(block: Block, module: nn.Module, attr: str):
@@ -219,19 +266,20 @@ class PerturbationEngine:
                 self._combine(self._rows(out, block, chunk), base, block, chunk, directions, sigma)
             return out
 
-        with self.swapped(replace):
+        with self.swapped(replace, self.covered(directions)):
             yield
 
     @contextmanager
-    def swapped(self, replace: Callable[[Block, nn.Module, str], object]):
+    def swapped(self, replace: Callable[[Block, nn.Module, str], object], blocks: Sequence[Block] | None = None):
         """Inside this context, each owning module runs with ``replace(block, module, attr)``.
 
         ``replace`` returns either a tensor, used in place of the parameter during the module's
         forward, or a function ``inputs -> tensor`` whose result is added to the module's output.
         Hooks are installed for the duration of the context only; parameters are never written.
+        ``blocks`` (default: all) limits which blocks are replaced.
         """
         by_module: dict[int, tuple[nn.Module, list[tuple[Block, str]]]] = {}
-        for block in self.blocks:
+        for block in self.blocks if blocks is None else blocks:
             for module, attr in block.owners:
                 by_module.setdefault(id(module), (module, []))[1].append((block, attr))
         hooks = [_SwapHook(module, owned, replace) for module, owned in by_module.values()]

@@ -46,3 +46,13 @@ def label_word_examples():
 @pytest.fixture
 def candidate_examples():
     return list(_CANDIDATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory):
+    """A tiny causal model saved as a local model folder, loadable by name like a real one."""
+    folder = tmp_path_factory.mktemp("tiny-causal")
+    loaded = tiny_model(CAUSAL)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder

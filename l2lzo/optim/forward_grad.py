@@ -19,6 +19,11 @@ class ForwardGrad(ZeroOrderOptimizer):
     this costs more memory than SPSA; the update regenerates z from the seed like ZO-SGD.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != [None]:
+            raise ValueError("block-wise estimates are for SPSA optimizers; forward-grad is exact per direction")
+
     def estimate(self, closure: Closure) -> tuple[list[Direction], float]:
         seeds = self.query_seeds()
         directions, losses = [], []
@@ -41,4 +46,4 @@ class ForwardGrad(ZeroOrderOptimizer):
 
     def apply(self, directions: list[Direction], closure: Closure) -> None:
         lr = self.hparams["lr"]
-        self.engine.add_([Direction(d.seed, -lr * d.coeff) for d in directions])
+        self.engine.add_([d.scaled(-lr) for d in directions])

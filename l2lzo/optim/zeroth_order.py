@@ -4,18 +4,27 @@ All of them share one step: for each of ``n_queries`` seeded directions z (scale
 evaluate the closure at theta + eps*sigma*z and theta - eps*sigma*z and form the SPSA projected
 gradient g = (L+ - L-) / (2 eps). The estimate sum_q g_q sigma z_q / q is never stored whole: the
 variants below consume it seed by seed (ZO-SGD) or chunk by chunk (sign, momentum, Adam).
+
+Two options shape the estimate for every variant:
+
+* ``group_level`` (block-wise ZO, ZO-Bench): one SPSA estimate per block group (per layer, per
+  attention/MLP part, or per tensor; see ``l2lzo.blocks.group_key``), each group perturbed alone with its
+  own seed and updated by its own g. A step then costs 2 * n_queries * groups forwards.
+* ``sparsity`` (ZO-Bench gradient sparsity, Sparse-MeZO): z is masked (``l2lzo.sparsity``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from l2lzo.blocks import Block, discover_blocks
+from l2lzo.blocks import Block, discover_blocks, group_blocks
 from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
+from l2lzo.sparsity import SparseMask, SparsityConfig
 
 Closure = Callable[[], torch.Tensor | float]
 
@@ -34,18 +43,30 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         n_queries: number of seeded directions averaged per step.
         seed: base seed; step t, query q uses a seed derived from (seed, t, q).
         weight_decay: decoupled weight decay, applied as theta *= 1 - lr * weight_decay.
+        blocks: the blocks to optimize (default: every trainable tensor of ``model``); hybrid ZO/FO passes
+            the ZO share.
+        group_level: block-wise ZO at this level (``layer``, ``attn-mlp``, ``tensor``); None: one estimate.
+        sparsity: mask z (see ``l2lzo.sparsity``); None: dense.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-6, eps: float = 1e-3, n_queries: int = 1,
-                 seed: int = 0, weight_decay: float = 0.0):
+                 seed: int = 0, weight_decay: float = 0.0, blocks: list[Block] | None = None,
+                 group_level: str | None = None, sparsity: SparsityConfig | None = None):
         if not lr > 0 or not math.isfinite(lr):
             raise ValueError(f"lr must be a positive finite number, got {lr}")
         if not eps > 0 or not math.isfinite(eps):
             raise ValueError(f"eps must be a positive finite number, got {eps}")
         if n_queries < 1:
             raise ValueError(f"n_queries must be >= 1, got {n_queries}")
-        self.blocks: list[Block] = discover_blocks(model)
+        # Re-indexed 0..n-1: a block's index is its position in sigma and part of its noise seed.
+        blocks = discover_blocks(model) if blocks is None else blocks
+        self.blocks: list[Block] = [replace(b, index=i) for i, b in enumerate(blocks)]
         self.engine = PerturbationEngine(self.blocks)
+        # Scopes hold positions in self.blocks, which is what the engine indexes by.
+        self.groups: list[frozenset[int] | None] = [None] if group_level is None else [
+            frozenset(b.index for b in group) for group in group_blocks(self.engine.blocks, group_level).values()]
+        self.mask = SparseMask(self.engine, sparsity, seed) if sparsity and sparsity.sparsity > 0 else None
+        self.engine.set_mask(self.mask)
         super().__init__([b.param for b in self.blocks],
                          dict(lr=lr, eps=eps, n_queries=n_queries, weight_decay=weight_decay))
         self.seed = seed
@@ -61,22 +82,24 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         self.engine.set_sigma(sigma)
 
     def query_seeds(self) -> list[int]:
-        """The seeds of this step's directions (deterministic in seed and step)."""
-        return [chunk_seed(self.seed, self.steps, q) for q in range(self.hparams["n_queries"])]
+        """The seeds of this step's directions (deterministic in seed and step): queries x groups."""
+        return [chunk_seed(self.seed, self.steps, q) for q in range(self.hparams["n_queries"] * len(self.groups))]
 
     def estimate(self, closure: Closure) -> tuple[list[Direction], float]:
         """Projected gradients for this step: directions with coeff g_q / n_queries, and the mean loss."""
         eps = self.hparams["eps"]
         seeds = self.query_seeds()
         directions, losses = [], []
-        for seed in seeds:
-            with self.engine.perturbed([Direction(seed, eps)]):
+        for i, seed in enumerate(seeds):
+            probe = Direction(seed, eps, self.groups[i % len(self.groups)])
+            with self.engine.perturbed([probe]):
                 loss_plus = float(closure())
-            with self.engine.perturbed([Direction(seed, -eps)]):
+            with self.engine.perturbed([probe.scaled(-1)]):
                 loss_minus = float(closure())
             if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
                 raise FloatingPointError(f"non-finite loss at step {self.steps}: L+={loss_plus}, L-={loss_minus}")
-            directions.append(Direction(seed, (loss_plus - loss_minus) / (2 * eps) / len(seeds)))
+            g = (loss_plus - loss_minus) / (2 * eps)
+            directions.append(Direction(seed, g / self.hparams["n_queries"], probe.scope))
             losses += [loss_plus, loss_minus]
             self.last_losses = (loss_plus, loss_minus)
         return directions, sum(losses) / len(losses)
@@ -84,6 +107,8 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Closure) -> float:  # type: ignore[override]
         """One optimization step; returns the mean of the perturbed losses."""
+        if self.mask is not None:
+            self.mask.maybe_resample(self.steps)
         directions, loss = self.estimate(closure)
         wd = self.hparams["weight_decay"]
         if wd:
@@ -120,7 +145,7 @@ class ZOSGD(ZeroOrderOptimizer):
 
     def apply(self, directions: list[Direction], closure: Closure) -> None:
         lr = self.hparams["lr"]
-        self.engine.add_([Direction(d.seed, -lr * d.coeff) for d in directions])
+        self.engine.add_([d.scaled(-lr) for d in directions])
 
 
 class ZOSGDSign(ZeroOrderOptimizer):
@@ -180,8 +205,8 @@ class ZOSGDConservative(ZeroOrderOptimizer):
 
     def apply(self, directions: list[Direction], closure: Closure) -> None:
         lr = self.hparams["lr"]
-        descent = [Direction(d.seed, -lr * d.coeff) for d in directions]
-        ascent = [Direction(d.seed, lr * d.coeff) for d in directions]
+        descent = [d.scaled(-lr) for d in directions]
+        ascent = [d.scaled(lr) for d in directions]
         candidates = {"stay": float(closure())}
         with self.engine.perturbed(descent):
             candidates["descent"] = float(closure())

@@ -6,16 +6,14 @@ metadata last, so a task counts as prepared only once both are complete.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import L2LZOError
+from ..files import atomic_write_bytes
 from ..paths import cache_dir
 
 FORMAT_VERSION = 1
@@ -34,22 +32,6 @@ def data_path(task: str) -> Path:
 def meta_path(task: str) -> Path:
     """Path of a task's metadata (source, licence note, count, sha256)."""
     return data_dir() / f"{task}.meta.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file, the new one, or none: never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_task(task: str, rows: Iterable[dict[str, Any]], meta: dict[str, Any]) -> Path:

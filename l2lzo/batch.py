@@ -1,0 +1,240 @@
+"""Batch fine-tuning: one model, many tasks, one optimizer plan resolved once; resumable, optionally on Ray.
+
+Layout of ``output_dir``::
+
+    tasks/<task>.json             one fine-tune's results (written atomically when the task finishes)
+    tasks/<task>.best.safetensors its best trainable tensors
+    results.json, results.md      the table over all tasks, with the optimizer plan and policy provenance
+    dev_accuracy.png              dev accuracy against step, one line per task
+
+A rerun skips tasks whose results file exists with the same run config, so an interrupted batch resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from l2lzo.errors import L2LZOError
+from l2lzo.files import atomic_write_text, write_json
+from l2lzo.finetune import FinetuneConfig, finetune
+from l2lzo.policy import OptimizerPlan, PolicyArtifact, resolve_plan
+
+
+@dataclass
+class BatchConfig:
+    """A batch: the model, the tasks, and the per-task fine-tune settings shared by all of them."""
+
+    model: str
+    tasks: list[str]
+    optimizer: str = "zo-sgd"
+    scheme: str = "full"
+    steps: int | None = None  # None: the policy's recommendation, else FinetuneConfig's default
+    lr: float | None = None  # None: the policy's recommendation, else the default for (optimizer, scheme)
+    eps: float | None = None  # None: the policy's recommendation, else FinetuneConfig's default
+    server: str | None = None
+    policy_version: str = "latest"
+    output_dir: str | None = None  # default results/batch/<model>_<optimizer>_<scheme>
+    ray: bool = False
+    finetune: dict = field(default_factory=dict)  # other FinetuneConfig fields: batch_size, seed, train_size, ...
+
+    def output_path(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("results") / "batch" / f"{self.model}_{self.optimizer}_{self.scheme}".replace("/", "-")
+
+    def task_config(self, task: str, plan: OptimizerPlan) -> FinetuneConfig:
+        output = self.output_path() / "tasks" / f"{_task_stem(task)}.json"
+        return FinetuneConfig(model=self.model, task=task, optimizer=plan.optimizer, scheme=self.scheme,
+                              steps=plan.steps, lr=plan.lr, eps=plan.eps, output=str(output), **self.finetune)
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise L2LZOError("--tasks is empty: give a comma-separated list of tasks")
+        stems = [_task_stem(t) for t in self.tasks]
+        duplicates = sorted({s for s in stems if stems.count(s) > 1})
+        if duplicates:
+            raise L2LZOError(f"--tasks names a task twice: {', '.join(duplicates)}")
+        if self.server:
+            from l2lzo.client import check_server_url
+
+            check_server_url(self.server)
+        probe = resolve_plan(self.optimizer, lr=self.lr, eps=self.eps, steps=self.steps, policy=None,
+                             default_eps=FinetuneConfig.eps, default_steps=FinetuneConfig.steps)
+        self.task_config(self.tasks[0], probe).validate()
+
+
+@dataclass
+class TaskOutcome:
+    """One task's row in the batch table."""
+
+    task: str
+    status: str  # "trained" | "skipped (done)"
+    results: dict
+
+
+def finetune_batch(config: BatchConfig, progress: bool = True, say=print) -> dict:
+    """Resolve the optimizer plan once, fine-tune every task not done yet, write the table and the plot."""
+    config.validate()
+    policy = _fetch_policy(config) if config.server else None
+    plan = resolve_plan(config.optimizer, lr=config.lr, eps=config.eps, steps=config.steps, policy=policy,
+                        default_eps=FinetuneConfig.eps, default_steps=FinetuneConfig.steps)
+    say(f"plan: {plan.describe()}")
+    out = config.output_path()
+    configs = {task: config.task_config(task, plan) for task in config.tasks}
+    for cfg in configs.values():
+        cfg.validate()
+    done = {task: _finished(cfg) for task, cfg in configs.items()}
+    pending = [task for task in config.tasks if done[task] is None]
+    for i, task in enumerate(config.tasks, 1):
+        if done[task] is not None:
+            say(f"[{i}/{len(config.tasks)}] {task}: already done ({configs[task].output}), skipped")
+    runner = _run_on_ray if config.ray else _run_here
+    trained = runner([configs[t] for t in pending], progress=progress, say=say)
+    outcomes = [TaskOutcome(task, "skipped (done)", done[task]) if done[task] is not None
+                else TaskOutcome(task, "trained", trained[task]) for task in config.tasks]
+    summary = {"model": config.model, "scheme": config.scheme, "plan": plan.summary(),
+               "rows": [_row(o) for o in outcomes]}
+    write_json(out / "results.json", summary)
+    atomic_write_text(out / "results.md", _markdown(summary))
+    _plot(outcomes, out / "dev_accuracy.png", title=f"{config.model} · {plan.optimizer} · {config.scheme}")
+    say(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'dev_accuracy.png'}")
+    return summary
+
+
+def _fetch_policy(config: BatchConfig) -> PolicyArtifact | None:
+    from l2lzo.client import PolicyClient
+    from l2lzo.models import fingerprint, load_model
+
+    # The fingerprint is the base model's (before any scheme adds adapters), like the registry's.
+    base_fingerprint = fingerprint(load_model(config.model).model)
+    with PolicyClient(config.server) as client:
+        return client.fetch(config.model, fingerprint=base_fingerprint, version=config.policy_version)
+
+
+def _finished(cfg: FinetuneConfig) -> dict | None:
+    """The results of an earlier run of exactly this config, if any; a different config is an error."""
+    path = cfg.output_path()
+    if not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text())
+        previous = results["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise L2LZOError(f"{path} is not a results file ({exc}); move it away to rerun that task") from exc
+    expected = {**asdict(cfg), "lr": cfg.resolved_lr()}
+    changed = sorted(k for k in expected if previous.get(k) != expected[k])
+    if changed:
+        raise L2LZOError(f"{path} was made with different settings ({', '.join(changed)}): "
+                         "use another --output-dir, or delete it to retrain")
+    return results
+
+
+def _run_here(configs: list[FinetuneConfig], progress: bool, say) -> dict[str, dict]:
+    results = {}
+    for i, cfg in enumerate(configs, 1):
+        say(f"[{i}/{len(configs)}] {cfg.task}: fine-tuning ({cfg.steps} steps)")
+        results[cfg.task] = asdict(finetune(cfg, progress=progress))
+        say(f"[{i}/{len(configs)}] {cfg.task}: {_headline(results[cfg.task])}")
+    return results
+
+
+def _run_on_ray(configs: list[FinetuneConfig], progress: bool, say) -> dict[str, dict]:
+    """Each task is a Ray task with one CPU; a worker's torch uses that many threads (Ray sets OMP_NUM_THREADS)."""
+    import ray
+
+    if not configs:
+        return {}
+    started_here = not ray.is_initialized()
+    if started_here:
+        # RAY_ADDRESS, when set, joins an existing cluster; otherwise a local one is started.
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=progress,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("L2LZO_", "HF_"))}})
+    try:
+        remote = ray.remote(num_cpus=1)(_finetune_as_dict)
+        pending = {remote.remote(cfg): cfg.task for cfg in configs}
+        say(f"ray: {len(pending)} tasks on {int(ray.cluster_resources().get('CPU', 0))} CPUs")
+        results = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            task = pending.pop(ready[0])
+            try:
+                results[task] = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.as_instanceof_cause()
+                if isinstance(cause, L2LZOError):
+                    raise L2LZOError(f"task {task}: {cause}") from exc
+                raise
+            say(f"[{len(results)}/{len(configs)}] {task}: {_headline(results[task])}")
+        return results
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _finetune_as_dict(cfg: FinetuneConfig) -> dict:
+    return asdict(finetune(cfg, progress=False))
+
+
+def _headline(results: dict) -> str:
+    before, after = results["initial_test"]["accuracy"], results["final_test"]["accuracy"]
+    return f"test accuracy {before:.3f} -> {after:.3f} in {results['wall_seconds']:.0f}s"
+
+
+def _row(outcome: TaskOutcome) -> dict:
+    r = outcome.results
+    devs = [e["dev_accuracy"] for e in r["evals"]]
+    return {"task": outcome.task, "status": outcome.status, "steps": r["config"]["steps"],
+            "lr": r["config"]["lr"], "eps": r["config"]["eps"], "dev_accuracy_start": devs[0],
+            "dev_accuracy_best": max(devs), "best_step": r["best_step"],
+            "test_accuracy_before": r["initial_test"]["accuracy"], "test_accuracy_after": r["final_test"]["accuracy"],
+            "test_loss_before": r["initial_test"]["loss"], "test_loss_after": r["final_test"]["loss"],
+            "wall_seconds": r["wall_seconds"], "results": r["config"]["output"],
+            "evals": [{"step": e["step"], "dev_accuracy": e["dev_accuracy"]} for e in r["evals"]]}
+
+
+def _markdown(summary: dict) -> str:
+    plan = summary["plan"]
+    policy = plan["policy"]
+    origin = (f"policy `{policy['model']}@{policy['version']}` (sha256 `{policy['sha256'][:12]}`)" if policy
+              else "no policy")
+    lines = [f"# {summary['model']} · {plan['optimizer']} · {summary['scheme']}", "",
+             f"lr {plan['lr']}, eps {plan['eps']}, steps {plan['steps']} "
+             f"({', '.join(f'{k} from {v}' for k, v in plan['sources'].items())}); {origin}; "
+             f"perturbation {plan['perturbation']}.", "",
+             "| task | status | steps | dev acc start -> best (step) | test acc before -> after "
+             "| test loss before -> after | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['task']} | {r['status']} | {r['steps']} | {r['dev_accuracy_start']:.3f} -> "
+                     f"{r['dev_accuracy_best']:.3f} ({r['best_step']}) | {r['test_accuracy_before']:.3f} -> "
+                     f"{r['test_accuracy_after']:.3f} | {r['test_loss_before']:.3f} -> {r['test_loss_after']:.3f} "
+                     f"| {r['wall_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(outcomes: list[TaskOutcome], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for o in outcomes:
+        evals = o.results["evals"]
+        ax.plot([e["step"] for e in evals], [e["dev_accuracy"] for e in evals], marker="o", label=o.task)
+    ax.set(xlabel="step", ylabel="dev accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _task_stem(task: str) -> str:
+    return Path(task).stem if task.endswith((".jsonl", ".csv")) else task
+

@@ -1,0 +1,133 @@
+"""Learned perturbation policies as downstream jobs receive them, and the optimizer plan they resolve to.
+
+A policy artifact is one ``.safetensors`` file from the registry: the policy's tensors plus string metadata
+(base model and fingerprint, feature spec, recommended lr / eps / steps, ...; see ``../shared/DESIGN.md``).
+This version of l2lzo verifies and reads artifacts and applies their recommended hyperparameters; it
+cannot execute the policy network yet (that arrives with the meta-trainer), so every plan perturbs with
+sigma = 1 (MeZO) and says so. The network plugs in at ``OptimizerPlan``: it will carry the executable
+policy next to the artifact, and the fine-tune loop will feed its per-block sigmas to
+``ZeroOrderOptimizer.set_sigma`` each step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from l2lzo.errors import L2LZOError
+
+RECOMMENDED_KEYS = ("recommended_lr", "recommended_eps", "recommended_steps")
+MEZO_SIGMA = "sigma = 1 (MeZO)"
+
+
+@dataclass(frozen=True)
+class PolicyArtifact:
+    """A policy file whose bytes were checked against their sha256, and its metadata."""
+
+    path: Path
+    model: str
+    version: int
+    sha256: str
+    metadata: dict[str, str]
+
+    @classmethod
+    def load(cls, path: Path, *, model: str, version: int, sha256: str) -> PolicyArtifact:
+        """Read ``path``, check its sha256 and parse its header metadata; ``L2LZOError`` if anything is off."""
+        from safetensors import SafetensorError, safe_open
+
+        data = Path(path).read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise L2LZOError(f"policy file {path} has sha256 {actual[:12]}..., expected {sha256[:12]}...")
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                metadata = dict(handle.metadata() or {})
+        except (SafetensorError, OSError) as exc:
+            raise L2LZOError(f"policy file {path} is not a readable safetensors file: {exc}") from exc
+        artifact = cls(path=Path(path), model=model, version=version, sha256=sha256, metadata=metadata)
+        artifact.recommended()  # fail now, not halfway through a batch
+        return artifact
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Fingerprint of the base model the policy was trained for."""
+        return self.metadata.get("fingerprint")
+
+    def recommended(self) -> dict[str, float | int]:
+        """The recommended ``lr``, ``eps`` and ``steps`` from the metadata, checked."""
+        missing = [k for k in RECOMMENDED_KEYS if k not in self.metadata]
+        if missing:
+            raise L2LZOError(f"policy {self.label()} lacks metadata {', '.join(missing)}")
+        try:
+            lr, eps = float(self.metadata["recommended_lr"]), float(self.metadata["recommended_eps"])
+            steps = int(self.metadata["recommended_steps"])
+        except ValueError as exc:
+            raise L2LZOError(f"policy {self.label()} has malformed recommendations: {exc}") from exc
+        if not (0 < lr <= 1 and 0 < eps <= 1 and math.isfinite(lr) and math.isfinite(eps) and steps >= 1):
+            raise L2LZOError(f"policy {self.label()} recommends out-of-range lr={lr}, eps={eps}, steps={steps}")
+        return {"lr": lr, "eps": eps, "steps": steps}
+
+    def label(self) -> str:
+        return f"{self.model}@{self.version} (sha256 {self.sha256[:12]})"
+
+    def summary(self) -> dict:
+        """What a results file records about the policy."""
+        return {"model": self.model, "version": self.version, "sha256": self.sha256,
+                "fingerprint": self.fingerprint, "recommended": self.recommended(),
+                "feature_spec": _json_or_text(self.metadata.get("feature_spec"))}
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    """The optimizer a downstream job resolved once, and where each of its hyperparameters came from."""
+
+    optimizer: str
+    lr: float | None  # None: the fine-tune loop's default for (optimizer, scheme)
+    eps: float
+    steps: int
+    policy: PolicyArtifact | None
+    sources: dict[str, str]  # hyperparameter -> "flag" | "policy" | "default"
+
+    @property
+    def perturbation(self) -> str:
+        # The only perturbation this version can execute; see the module docstring.
+        return MEZO_SIGMA
+
+    def describe(self) -> str:
+        where = ", ".join(f"{k} from {v}" for k, v in self.sources.items())
+        origin = f"policy {self.policy.label()}" if self.policy else "no policy"
+        return (f"{self.optimizer}: lr={self.lr if self.lr is not None else 'default'} eps={self.eps} "
+                f"steps={self.steps} ({where}); {origin}; perturbation {self.perturbation}")
+
+    def summary(self) -> dict:
+        return {"optimizer": self.optimizer, "lr": self.lr, "eps": self.eps, "steps": self.steps,
+                "sources": dict(self.sources), "perturbation": self.perturbation,
+                "policy": self.policy.summary() if self.policy else None}
+
+
+def resolve_plan(optimizer: str, *, lr: float | None, eps: float | None, steps: int | None,
+                 policy: PolicyArtifact | None, default_eps: float, default_steps: int) -> OptimizerPlan:
+    """Explicit flags win, then the policy's recommendations, then l2lzo's defaults."""
+    recommended = policy.recommended() if policy else {}
+    values, sources = {}, {}
+    for name, flag, default in (("lr", lr, None), ("eps", eps, default_eps), ("steps", steps, default_steps)):
+        if flag is not None:
+            values[name], sources[name] = flag, "flag"
+        elif name in recommended:
+            values[name], sources[name] = recommended[name], "policy"
+        else:
+            values[name], sources[name] = default, "default"
+    return OptimizerPlan(optimizer=optimizer, lr=values["lr"], eps=values["eps"], steps=int(values["steps"]),
+                         policy=policy, sources=sources)
+
+
+def _json_or_text(value: str | None):
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

@@ -1,0 +1,116 @@
+"""Layer importance (Hi-ZFO): which layers matter enough to train with first-order gradients.
+
+Importance of a group of blocks (a transformer layer, the embedding, ...) over a few batches:
+
+* ``taylor``: sum over its elements of |g * theta|, the first-order Taylor estimate of how much the loss
+  changes if the weights were removed, summed over batches;
+* ``grad-norm``: the L2 norm of its gradient, accumulated over batches.
+
+Gradients are consumed as soon as each one is accumulated (a post-accumulate hook scores it and frees it),
+so profiling never holds a full set of gradients, only backprop's activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from l2lzo.blocks import Block, discover_blocks, group_blocks
+
+METRICS = ("taylor", "grad-norm")
+
+
+@dataclass(frozen=True)
+class GroupImportance:
+    """One group's importance; ``share`` is its fraction of the total score."""
+
+    group: str
+    parameters: int
+    score: float
+    share: float
+
+
+def profile_layers(model: nn.Module, closures: Sequence[Callable[[], torch.Tensor]], metric: str = "taylor",
+                   level: str = "layer") -> list[GroupImportance]:
+    """Importance of every block group of ``model``'s trainable tensors, in model order."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown importance metric {metric!r}: choose one of {', '.join(METRICS)}")
+    blocks = discover_blocks(model)
+    totals = torch.zeros(len(blocks), dtype=torch.float64)
+
+    def scorer(block: Block):
+        def hook(param: torch.Tensor) -> None:
+            grad = param.grad.detach()
+            if metric == "taylor":
+                totals[block.index] += float((grad * param.detach()).abs().sum())
+            else:
+                totals[block.index] += float(grad.double().pow(2).sum())
+            param.grad = None
+
+        return hook
+
+    handles = [b.param.register_post_accumulate_grad_hook(scorer(b)) for b in blocks]
+    try:
+        with torch.enable_grad():
+            for closure in closures:
+                closure().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups = group_blocks(blocks, level)
+    scores = {name: float(sum(totals[b.index] for b in members)) for name, members in groups.items()}
+    if metric == "grad-norm":
+        scores = {name: score**0.5 for name, score in scores.items()}
+    total = sum(scores.values()) or 1.0
+    return [GroupImportance(name, sum(b.numel for b in members), scores[name], scores[name] / total)
+            for name, members in groups.items()]
+
+
+def choose_fo_groups(profile: Sequence[GroupImportance], budget: float) -> list[str]:
+    """The most important groups whose parameters fit in ``budget`` (a fraction of all trainable parameters).
+
+    Greedy by score: a group that does not fit is skipped and smaller, less important ones may still fit.
+    """
+    if not 0 < budget < 1:
+        raise ValueError(f"the FO budget is a fraction of the parameters in (0, 1), got {budget}")
+    allowance = budget * sum(g.parameters for g in profile)
+    chosen, used = [], 0
+    for g in sorted(profile, key=lambda g: g.score, reverse=True):
+        if used + g.parameters <= allowance:
+            chosen.append(g.group)
+            used += g.parameters
+    return chosen
+
+
+def profile_table(profile: Sequence[GroupImportance], fo_groups: Sequence[str] = ()) -> str:
+    """A fixed-width table of the profile; groups picked for FO are starred."""
+    width = max(len(g.group) for g in profile)
+    lines = [f"{'group':<{width}}  {'parameters':>12}  {'score':>12}  {'share':>7}  FO"]
+    for g in profile:
+        mark = "*" if g.group in fo_groups else ""
+        lines.append(f"{g.group:<{width}}  {g.parameters:>12,}  {g.score:>12.4g}  {g.share:>7.2%}  {mark}")
+    return "\n".join(lines)
+
+
+def plot_profile(profile: Sequence[GroupImportance], path, title: str, fo_groups: Sequence[str] = ()) -> None:
+    """A bar chart of each group's share of the importance (FO picks highlighted), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(profile)), 4.0))
+    colors = ["tab:orange" if g.group in fo_groups else "tab:blue" for g in profile]
+    ax.bar(range(len(profile)), [g.share for g in profile], color=colors)
+    ax.set_xticks(range(len(profile)), [g.group for g in profile], rotation=90, fontsize=7)
+    ax.set(ylabel="share of importance", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def profile_records(profile: Sequence[GroupImportance]) -> list[dict]:
+    return [asdict(g) for g in profile]
