@@ -1,4 +1,4 @@
-"""Peak memory and step time of ZO-SGD full fine-tuning vs inference, FO-SGD and FO-Adam.
+"""Peak memory and step time of ZO-SGD full fine-tuning vs inference, hybrid ZO/FO, FO-SGD and FO-Adam.
 
 Model: smollm2-135m (fp32, full fine-tuning: every one of its 134.5M parameters is trainable).
 Batch: 16 real Pang & Lee polarity prompts, each truncated/padded to exactly 64 tokens; loss =
@@ -6,8 +6,10 @@ cross-entropy over the two label words (the fine-tune loop's own loss).
 
 Each mode runs in a fresh process, so peak RSS is that mode's alone. The peak is reset after the
 model is loaded and warmed up (``/proc/self/clear_refs``), so loading does not mask the step's peak.
+``hybrid`` profiles layer importance (Taylor, on the batch) first, gives the most important layers within
+``--fo-budget`` of the parameters to Adam and the rest to ZO-SGD; the profiling peak is reported apart.
 
-    .venv/bin/python benchmarks/zo_memory_speed.py [--steps 8] [--model smollm2-135m]
+    .venv/bin/python benchmarks/zo_memory_speed.py [--steps 8] [--model smollm2-135m] [--modes zo-sgd,hybrid]
 
 Needs `l2lzo data prepare polarity`. Writes benchmarks/results/zo_memory_speed.{json,md}.
 """
@@ -22,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-MODES = ("inference", "zo-sgd", "fo-sgd", "fo-adam")
+MODES = ("inference", "zo-sgd", "hybrid", "fo-sgd", "fo-adam")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -59,7 +61,7 @@ def _timed(fn, steps: int) -> list[float]:
     return times
 
 
-def worker(mode: str, model_name: str, steps: int, batch_size: int, seq_len: int) -> dict:
+def worker(mode: str, model_name: str, steps: int, batch_size: int, seq_len: int, fo_budget: float) -> dict:
     import torch
 
     from l2lzo.models import load_model
@@ -76,6 +78,20 @@ def worker(mode: str, model_name: str, steps: int, batch_size: int, seq_len: int
         def step():
             with torch.no_grad():
                 scorer.loss(batch)
+    elif mode == "hybrid":
+        from l2lzo.blocks import discover_blocks, group_blocks
+        from l2lzo.profiling import choose_fo_groups, profile_layers
+
+        _reset_peak_rss()
+        fo_groups = choose_fo_groups(profile_layers(loaded.model, [lambda: scorer.loss(batch)]), fo_budget)
+        groups = group_blocks(discover_blocks(loaded.model), "layer")
+        fo_blocks = [b for g in fo_groups for b in groups[g]]
+        out.update(profile_peak_rss_mib=_peak_rss_mib(), fo_groups=fo_groups,
+                   fo_parameters=sum(b.numel for b in fo_blocks))
+        opt = build_optimizer("zo-sgd", loaded.model, lr=1e-6, eps=1e-3, fo_blocks=fo_blocks, fo_lr=1e-5)
+
+        def step():
+            opt.step(lambda: scorer.loss(batch))
     else:
         lr = 1e-6 if mode == "zo-sgd" else 1e-5
         opt = build_optimizer(mode, loaded.model, lr=lr, eps=1e-3)
@@ -107,15 +123,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per mode (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--fo-budget", type=float, default=0.05, help="hybrid: FO share of the parameters")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset (inference and zo-sgd "
+                                                                   "are always run: the ratios need them)")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.steps, args.batch_size, args.seq_len)))
+        print(json.dumps(worker(args.worker, args.model, args.steps, args.batch_size, args.seq_len,
+                                args.fo_budget)))
         return
+    modes = [m for m in MODES if m in {"inference", "zo-sgd", *args.modes.split(",")}]
     rows = {}
-    for mode in MODES:
+    for mode in modes:
         cmd = [sys.executable, __file__, "--worker", mode, "--model", args.model, "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+               "--fo-budget", str(args.fo_budget)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{mode:>10}: peak RSS {rows[mode]['peak_rss_mib']:.0f} MiB, median {rows[mode]['median_s']:.3f} s",
@@ -124,7 +146,7 @@ def main() -> None:
     summary = {
         "what": f"{args.model} fp32 full fine-tuning, batch {args.batch_size} x {args.seq_len} tokens, "
                 f"label-word loss, {args.steps} timed steps per mode (median), {inf['threads']} threads",
-        "rss_ratio_vs_inference": {m: rows[m]["peak_rss_mib"] / inf["peak_rss_mib"] for m in MODES},
+        "rss_ratio_vs_inference": {m: rows[m]["peak_rss_mib"] / inf["peak_rss_mib"] for m in modes},
         "zo_step_over_two_forwards": zo["median_s"] / (2 * inf["median_s"]),
         "perturbed_forward_over_forward": zo["perturbed_forward_s"] / inf["median_s"],
         "noise_sweep_s": zo["noise_sweep_s"],
@@ -135,13 +157,18 @@ def main() -> None:
     (RESULTS / "zo_memory_speed.json").write_text(json.dumps(summary, indent=2))
     lines = [f"# ZO memory and speed: {summary['what']}", "",
              "| mode | peak RSS (MiB) | x inference | median step (s) |", "|---|---|---|---|"]
-    for m in MODES:
+    for m in modes:
         lines.append(f"| {m} | {rows[m]['peak_rss_mib']:.0f} | {summary['rss_ratio_vs_inference'][m]:.3f} "
                      f"| {rows[m]['median_s']:.3f} |")
     lines += ["", f"- ZO-SGD step / (2 x forward): {summary['zo_step_over_two_forwards']:.3f}",
               f"- perturbed forward / forward: {summary['perturbed_forward_over_forward']:.3f}",
               f"- one noise sweep over all 134.5M weights (generate only, 1 thread): {zo['noise_sweep_s']:.3f} s",
               f"- one update sweep (generate + add, thread pool): {zo['update_sweep_s']:.3f} s"]
+    if "hybrid" in rows:
+        h = rows["hybrid"]
+        lines.append(f"- hybrid: FO (Adam) on {', '.join(h['fo_groups'])} = {h['fo_parameters']:,} parameters "
+                     f"(budget {args.fo_budget:.0%}), ZO-SGD on the rest; profiling peak "
+                     f"{h['profile_peak_rss_mib']:.0f} MiB (one batch, gradients freed as they arrive)")
     (RESULTS / "zo_memory_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -110,8 +110,10 @@ def _fetch_policy(config: BatchConfig) -> PolicyArtifact | None:
 
     # The fingerprint is the base model's (before any scheme adds adapters), like the registry's.
     base_fingerprint = fingerprint(load_model(config.model).model)
+    # A local folder has no registry id: its policy can only be found by fingerprint.
+    model_id = None if Path(config.model).exists() else config.model
     with PolicyClient(config.server) as client:
-        return client.fetch(config.model, fingerprint=base_fingerprint, version=config.policy_version)
+        return client.fetch(model_id, fingerprint=base_fingerprint, version=config.policy_version)
 
 
 def _finished(cfg: FinetuneConfig) -> dict | None:

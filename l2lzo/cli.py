@@ -8,8 +8,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import registry.cli as registry_cli
+import service.cli as service_cli
 from l2lzo.errors import L2LZOError
 from l2lzo.finetune import FinetuneConfig
+from registry.errors import RegistryError
 
 
 def _model_task_parser(sub, name: str, help: str, description: str, d: FinetuneConfig):
@@ -46,6 +49,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("--test-size", type=int, default=d.test_size)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per sequence")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="stop after this many seconds of training (steps + profiling; evals not counted)")
     p.add_argument("--output", default=None, help="results JSON path (default: results/<run>.json)")
     _add_structure_options(p.add_argument_group("structured ZO (ZO optimizers only)"), d)
     p.set_defaults(func=_run_finetune)
@@ -217,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_finetune_batch(sub)
     _add_profile_layers(sub)
+    registry_cli.register(sub)
+    service_cli.register(sub)
     tasks = sub.add_parser("tasks", help="list available tasks and whether their data is prepared")
     tasks.add_argument("--json", action="store_true", help="machine-readable output")
     tasks.set_defaults(func=_run_tasks)
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except L2LZOError as exc:
+    except (L2LZOError, RegistryError) as exc:
         print(f"l2lzo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

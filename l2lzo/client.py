@@ -51,17 +51,21 @@ class PolicyClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def fetch(self, model: str, *, fingerprint: str | None = None, version: int | str = "latest"
+    def fetch(self, model: str | None, *, fingerprint: str | None = None, version: int | str = "latest"
               ) -> PolicyArtifact | None:
         """The verified policy for ``model`` (or, failing that, for its ``fingerprint``), or ``None``.
 
+        ``model`` None (e.g. a local model folder, which has no registry id) looks up by fingerprint only.
         A pinned ``version`` that does not exist is an error; a model with no policy at all is not.
         """
-        artifact = self._fetch_version(model, version)
+        if model is None and not fingerprint:
+            raise ValueError("give a model id, a fingerprint, or both")
+        artifact = self._fetch_version(model, version) if model is not None else None
         if artifact is None and fingerprint and version == "latest":
             artifact = self._fetch_by_fingerprint(fingerprint)
         if artifact is None:
-            warnings.warn(f"no policy for {model!r} on {self.server}: falling back to {MEZO_SIGMA}",
+            what = repr(model) if model is not None else f"fingerprint {fingerprint[:12]}..."
+            warnings.warn(f"no policy for {what} on {self.server}: falling back to {MEZO_SIGMA}",
                           PolicyWarning, stacklevel=2)
             return None
         if fingerprint and artifact.fingerprint != fingerprint:
@@ -101,13 +105,23 @@ class PolicyClient:
         return entry.artifact(entry.write(response.content, record))
 
     def _fetch_by_fingerprint(self, fingerprint: str) -> PolicyArtifact | None:
+        pointer = _CacheEntry(self.cache / "by-fingerprint" / fingerprint)
         try:
             response = self._http.get("/v1/resolve", params={"fingerprint": fingerprint})
-        except httpx.TransportError:
-            return None  # _fetch_version already warned or raised about reachability
-        if response.status_code != 200:
+        except httpx.TransportError as exc:
+            # Offline: follow the last resolution we saw to its cached file, if any.
+            known = pointer.read_pointer()
+            if known is None:
+                raise L2LZOError(f"cannot reach {self.server} ({exc}), and no cached policy for fingerprint "
+                                 f"{fingerprint[:12]}...; run without --server to use {MEZO_SIGMA}") from exc
+            return self._fetch_version(known["model"], known["version"])
+        if response.status_code == 404:
             return None
+        if response.status_code != 200:
+            raise L2LZOError(f"{self.server} refused to resolve fingerprint {fingerprint[:12]}...: "
+                             f"{response.status_code} {_error_message(response)}")
         record = response.json()
+        pointer.write_pointer({"model": record["model"], "version": int(record["version"])})
         return self._fetch_version(record["model"], int(record["version"]))
 
     def _offline(self, model, version, entry: _CacheEntry, cached: dict | None, why: str) -> PolicyArtifact:
@@ -147,6 +161,16 @@ class _CacheEntry:
         atomic_write_bytes(self.file, data)
         atomic_write_bytes(self.record, json.dumps(record).encode())
         return record
+
+    def read_pointer(self) -> dict | None:
+        """A record without a file: where a fingerprint resolved to last time."""
+        try:
+            return json.loads(self.record.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def write_pointer(self, record: dict) -> None:
+        atomic_write_bytes(self.record, json.dumps(record).encode())
 
     def artifact(self, record: dict) -> PolicyArtifact:
         return PolicyArtifact.load(self.file, model=record["model"], version=record["version"],

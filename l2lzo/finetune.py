@@ -54,6 +54,7 @@ class FinetuneConfig:
     test_size: int = 500
     eval_every: int = 100
     max_length: int = 64
+    time_budget: float | None = None  # seconds of training (steps + profiling) after which the run stops early
     output: str | None = None  # results JSON path; default results/<model>_<task>_<optimizer>_<scheme>_s<seed>.json
     # Structured ZO (ZO optimizers only): block-wise estimates, sparse z, hybrid ZO/FO.
     zo_blocks: str | None = None  # None: one estimate for all blocks; else one per group at this level
@@ -98,6 +99,7 @@ class FinetuneConfig:
             (self.n_queries >= 1, f"--n-queries must be >= 1, got {self.n_queries}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
+            (self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0, got {self.time_budget}"),
             (self.train_size is None or self.train_size >= 1, f"--train-size must be >= 1, got {self.train_size}"),
             (self.dev_size >= 1 and self.test_size >= 1, "--dev-size and --test-size must be >= 1"),
             (self.zo_blocks in (None, *GROUP_LEVELS), f"--zo-blocks must be one of {', '.join(GROUP_LEVELS)}"),
@@ -136,6 +138,8 @@ class FinetuneResult:
     wall_seconds: float = 0.0
     checkpoint: str | None = None
     structure: dict = field(default_factory=dict)  # FO set and profile (hybrid), mask memory (sparse)
+    steps_done: int = 0
+    train_seconds: float = 0.0  # optimizer steps plus profiling, without evals
 
 
 def peak_rss_mb() -> float:
@@ -206,8 +210,11 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     scorer = Scorer(loaded, max_length=config.max_length)
     structure: dict = {}
     fo_blocks = None
+    profile_seconds = 0.0
     if config.hybrid_fo_budget:
+        t0 = time.perf_counter()
         profile = profile_task(scorer, splits.train, config)
+        profile_seconds = time.perf_counter() - t0
         fo_groups = choose_fo_groups(profile, config.hybrid_fo_budget)
         if not fo_groups:
             smallest = min(profile, key=lambda g: g.parameters)
@@ -216,7 +223,7 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         groups = group_blocks(discover_blocks(model), "layer")
         fo_blocks = [b for name in fo_groups for b in groups[name]]
         structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
-                     "profile": profile_records(profile)}
+                     "profile_seconds": profile_seconds, "profile": profile_records(profile)}
     optimizer = build_optimizer(config.optimizer, model, lr=config.resolved_lr(), eps=config.eps,
                                 n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
                                 sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
@@ -248,13 +255,18 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
             raise L2LZOError(f"training diverged at step {step} ({exc}): try a smaller --lr") from exc
         step_times.append(time.perf_counter() - t0)
         recent.append(loss)
-        if step % config.eval_every == 0 or step == config.steps:
+        out_of_time = config.time_budget is not None and profile_seconds + sum(step_times) >= config.time_budget
+        if step % config.eval_every == 0 or step == config.steps or out_of_time:
             dev = _record_eval(result, scorer, splits, step=step, train_loss=statistics.fmean(recent))
             recent = []
             if dev > best_dev:
                 best_dev, result.best_step = dev, step
                 checkpoint.save(model)
             bar.set_postfix(loss=f"{loss:.3f}", dev_acc=f"{dev:.3f}", best=f"{best_dev:.3f}")
+        if out_of_time:
+            break
+    result.steps_done = len(step_times)
+    result.train_seconds = profile_seconds + sum(step_times)
     checkpoint.restore(model)
     result.final_test = scorer.evaluate(splits.test)
     zo = getattr(optimizer, "zo", optimizer)

@@ -102,3 +102,14 @@ def test_cli_error_has_no_traceback_in_a_real_process(tmp_path):
                           capture_output=True, text=True, env={"L2LZO_CACHE_DIR": str(tmp_path), "PATH": ""})
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_time_budget_stops_early_with_a_final_eval(tmp_path):
+    task = write_task(tmp_path / "toy.jsonl")
+    config = FinetuneConfig(model="tiny", task=str(task), steps=50, eval_every=20, batch_size=4, lr=1e-3,
+                            train_size=8, dev_size=8, test_size=8, time_budget=1e-9,
+                            output=str(tmp_path / "run.json"))
+    splits = load_task(str(task), train_size=8, dev_size=8, test_size=8)
+    result = finetune(config, loaded=tiny_model(CAUSAL), splits=splits, progress=False)
+    assert result.steps_done == 1 and [e["step"] for e in result.evals] == [0, 1]
+    assert 0 < result.train_seconds < 5

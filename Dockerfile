@@ -1,0 +1,30 @@
+# l2lzo on CPU: serves the policy registry over HTTP by default; the same image runs `l2lzo finetune`.
+#   docker build -t l2lzo .
+#   docker run -p 8000:8000 -v l2lzo-registry:/data -e L2LZO_REGISTRY_TOKEN=change-me l2lzo
+FROM python:3.11-slim
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    L2LZO_REGISTRY=/data/registry \
+    XDG_CACHE_HOME=/data/cache
+
+WORKDIR /opt/l2lzo
+# The CPU build of torch first, from PyTorch's CPU index: PyPI's default Linux wheel is the CUDA build.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+COPY pyproject.toml README.md ./
+COPY l2lzo ./l2lzo
+COPY registry ./registry
+COPY service ./service
+RUN pip install . \
+    && useradd --create-home --uid 1000 l2lzo \
+    && mkdir -p /data/registry /data/cache \
+    && chown -R l2lzo:l2lzo /data
+
+USER l2lzo
+VOLUME /data
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
+ENTRYPOINT ["l2lzo"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--registry", "/data/registry"]

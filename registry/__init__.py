@@ -1,0 +1,37 @@
+"""Storage of learned ZO policies keyed by base model: immutable versions, metadata, integrity.
+
+Imports only the standard library, numpy, safetensors and fsspec (no torch, no web framework), so the
+service, the meta-trainer and tools can all use it.
+"""
+
+from registry.artifact import SCHEMA_VERSION, ArtifactInfo, TensorInfo, build_artifact, parse_artifact
+from registry.errors import (
+    CorruptArtifact,
+    InvalidArtifact,
+    InvalidModelId,
+    InvalidRequest,
+    NotFound,
+    RegistryError,
+)
+from registry.ids import model_dirname, normalize_model_id
+from registry.store import ModelSummary, Record, Registry, default_root
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArtifactInfo",
+    "CorruptArtifact",
+    "InvalidArtifact",
+    "InvalidModelId",
+    "InvalidRequest",
+    "ModelSummary",
+    "NotFound",
+    "Record",
+    "Registry",
+    "RegistryError",
+    "TensorInfo",
+    "build_artifact",
+    "default_root",
+    "model_dirname",
+    "normalize_model_id",
+    "parse_artifact",
+]

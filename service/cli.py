@@ -1,0 +1,81 @@
+"""``l2lzo serve``: run the policy service with uvicorn.
+
+``register(subparsers)`` adds the command to an argparse parser; its handler raises ``RegistryError`` for user
+errors (unreadable or empty token file, bad registry root). FastAPI and uvicorn are imported only when the
+server starts, so building the ``l2lzo`` parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+from pathlib import Path
+
+from registry.artifact import MAX_BYTES
+from registry.errors import RegistryError
+from registry.store import Registry
+
+TOKEN_ENV = "L2LZO_REGISTRY_TOKEN"
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``serve`` to ``subparsers``; returns its parser."""
+    parser = subparsers.add_parser(
+        "serve", help="run the policy registry HTTP service",
+        description="Serve a policy registry over HTTP (list, download with ETag, resolve by fingerprint, "
+                    f"upload with a bearer token). The upload token comes from --token-file, else ${TOKEN_ENV}; "
+                    "without one, uploads are disabled.")
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` options, on any parser (``l2lzo serve`` and ``python -m service`` share them)."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    parser.add_argument("--registry", metavar="ROOT", default=None,
+                        help="registry folder or fsspec URL (default: $L2LZO_REGISTRY, else "
+                             "$XDG_DATA_HOME/l2lzo/registry, else ~/.local/share/l2lzo/registry)")
+    parser.add_argument("--token-file", metavar="PATH", default=None,
+                        help=f"file holding the upload bearer token (default: ${TOKEN_ENV})")
+    parser.add_argument("--max-upload-bytes", type=int, default=MAX_BYTES,
+                        help=f"largest upload accepted, in bytes (default: {MAX_BYTES})")
+    parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                        help="server log level (default: info)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Start the server and block until it is stopped."""
+    import uvicorn
+
+    from service.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-8s %(message)s")
+    token = load_token(args.token_file)
+    # A larger upload limit must also raise the registry's file limit; a smaller one must not stop it from
+    # reading files that are already stored.
+    registry = Registry(args.registry, max_bytes=max(args.max_upload_bytes, MAX_BYTES))
+    app = create_app(registry, token=token, max_upload_bytes=args.max_upload_bytes)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def load_token(token_file: str | None) -> str | None:
+    """The upload token from ``token_file``, else ``$L2LZO_REGISTRY_TOKEN``, else None (uploads disabled)."""
+    if token_file is None:
+        return os.environ.get(TOKEN_ENV, "").strip() or None
+    path = Path(token_file).expanduser()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"cannot read token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise RegistryError(f"token file {path} is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("token file %s is readable by other users; chmod 600 it", path)
+    return token
