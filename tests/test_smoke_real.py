@@ -61,3 +61,25 @@ def test_minilm_is_an_encoder_with_a_stable_fingerprint():
     from l2lzo.models import fingerprint
 
     assert fingerprint(a.model) == fingerprint(b.model)
+
+
+def test_minilm_batch_takes_its_plan_from_a_live_policy_server(tmp_path, monkeypatch):
+    from registry_helpers import make_artifact, serving
+
+    import l2lzo.client
+    from l2lzo.batch import BatchConfig, finetune_batch
+    from l2lzo.models import fingerprint
+    from registry import Registry
+    from service.app import create_app
+
+    monkeypatch.setattr(l2lzo.client, "cache_dir", lambda: tmp_path)  # keep downloads out of the user's cache
+    registry = Registry(tmp_path / "registry")
+    artifact = make_artifact("minilm-l6", fingerprint=fingerprint(load_model("minilm-l6").model),
+                             recommended_lr="5e-5", recommended_eps="0.001", recommended_steps="4")
+    record = registry.push(artifact, "minilm-l6")
+    with serving(create_app(registry, token=None)) as url:
+        config = BatchConfig(model="minilm-l6", tasks=["polarity"], server=url, output_dir=str(tmp_path / "out"),
+                             finetune={"train_size": 8, "dev_size": 32, "test_size": 32, "eval_every": 2})
+        summary = finetune_batch(config, progress=False, say=lambda _: None)
+    assert summary["plan"]["policy"]["sha256"] == record.sha256
+    assert summary["plan"]["steps"] == 4 and summary["rows"][0]["evals"][-1]["step"] == 4
