@@ -28,6 +28,7 @@ def _model_task_parser(sub, name: str, help: str, description: str, d: FinetuneC
 
 
 def _add_finetune(sub) -> None:
+    from l2lzo.noise import NOISE_KINDS
     from l2lzo.optim import OPTIMIZERS
 
     d = FinetuneConfig()
@@ -43,6 +44,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--n-queries", type=int, default=d.n_queries, help="SPSA directions averaged per step")
+    p.add_argument("--noise", choices=NOISE_KINDS, default=d.noise,
+                   help="ZO noise: pool (windows of a fixed Gaussian pool, fast) or gaussian (fresh draws, slower)")
     p.add_argument("--train-size", type=int, default=d.train_size,
                    help="k-shot per class (classification) or total examples (multiple choice)")
     p.add_argument("--dev-size", type=int, default=d.dev_size)
@@ -94,6 +97,7 @@ def _run_finetune(args) -> None:
 
 
 def _add_finetune_batch(sub) -> None:
+    from l2lzo.noise import NOISE_KINDS
     from l2lzo.optim import OPTIMIZERS
     from l2lzo.schemes import SCHEMES
 
@@ -118,6 +122,7 @@ def _add_finetune_batch(sub) -> None:
     for name in ("batch_size", "seed", "n_queries", "train_size", "dev_size", "test_size", "eval_every",
                  "max_length"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument("--noise", choices=NOISE_KINDS, default=d.noise, help="ZO noise source")
     p.add_argument("--output-dir", default=None, help="default: results/batch/<model>_<optimizer>_<scheme>")
     p.add_argument("--ray", action="store_true", help="run tasks in parallel as Ray tasks (one CPU each)")
     p.set_defaults(func=_run_finetune_batch)
@@ -183,7 +188,7 @@ def _run_finetune_batch(args) -> None:
         model=args.model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], optimizer=args.optimizer,
         scheme=args.scheme, steps=args.steps, lr=args.lr, eps=args.eps, server=args.server,
         policy_version=args.policy_version, output_dir=args.output_dir, ray=args.ray,
-        finetune={k: getattr(args, k) for k in shared})
+        finetune={k: getattr(args, k) for k in (*shared, "noise")})
     finetune_batch(config)
 
 

@@ -19,6 +19,7 @@ from l2lzo.blocks import GROUP_LEVELS, discover_blocks, group_blocks
 from l2lzo.errors import L2LZOError
 from l2lzo.files import write_json
 from l2lzo.models import LoadedModel, fingerprint, load_model
+from l2lzo.noise import NOISE_KINDS
 from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
 from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
 from l2lzo.schemes import apply_scheme, check_scheme
@@ -49,6 +50,7 @@ class FinetuneConfig:
     batch_size: int = 16
     seed: int = 0
     n_queries: int = 1
+    noise: str = "pool"  # ZO noise source (l2lzo.noise): pool or gaussian
     train_size: int | None = 256  # k-shot per class (classification) or total (multiple choice)
     dev_size: int = 200
     test_size: int = 500
@@ -97,6 +99,7 @@ class FinetuneConfig:
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.n_queries >= 1, f"--n-queries must be >= 1, got {self.n_queries}"),
+            (self.noise in NOISE_KINDS, f"--noise must be one of {', '.join(NOISE_KINDS)}, got {self.noise!r}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
             (self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0, got {self.time_budget}"),
@@ -227,7 +230,8 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     optimizer = build_optimizer(config.optimizer, model, lr=config.resolved_lr(), eps=config.eps,
                                 n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
                                 sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
-                                fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr())
+                                fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
+                                noise=config.noise)
     out_path = config.output_path()
     checkpoint = BestCheckpoint(out_path.with_suffix(".best.safetensors"))
     result = FinetuneResult(

@@ -2,7 +2,9 @@
 
 Noise z_b is never stored. It is regenerated from (seed, block index, chunk index): every block is cut
 into row-aligned chunks of about ``chunk_numel`` elements and each chunk has its own generator seed, so
-chunks can be generated in any order, on any thread, and always give the same numbers.
+chunks can be generated in any order, on any thread, and always give the same numbers. What the seeded
+generator draws is the noise source's business (``l2lzo.noise``: a fast Gaussian pool by default, or
+fresh ``normal_`` draws).
 
 A perturbed forward does not modify the parameters. While a module that owns a trainable block runs,
 the engine shows it a perturbed tensor instead:
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from l2lzo.blocks import Block
+from l2lzo.noise import NoiseSource, noise_source
 
 CHUNK_NUMEL = 1 << 20
 _MASK64 = (1 << 64) - 1
@@ -79,10 +82,12 @@ class PerturbationEngine:
     """Perturbs and updates a fixed list of blocks by seeded Gaussian directions.
 
     ``sigma`` (one scale per block, default 1) shapes the perturbation per block; the learned policy
-    sets it through ``set_sigma``. sigma = 1 everywhere is MeZO.
+    sets it through ``set_sigma``. sigma = 1 everywhere is MeZO. ``noise`` names the noise source
+    (``pool`` or ``gaussian``, see ``l2lzo.noise``) or is one; ``noise_seed`` fixes the pool.
     """
 
-    def __init__(self, blocks: Sequence[Block], chunk_numel: int = CHUNK_NUMEL, threads: int | None = None):
+    def __init__(self, blocks: Sequence[Block], chunk_numel: int = CHUNK_NUMEL, threads: int | None = None,
+                 noise: str | NoiseSource = "pool", noise_seed: int = 0):
         if not blocks:
             raise ValueError("no trainable parameters: the fine-tuning scheme left nothing to optimize")
         if [b.index for b in blocks] != list(range(len(blocks))):
@@ -95,6 +100,7 @@ class PerturbationEngine:
         self._chunks = {b.index: self._row_chunks(b) for b in self.blocks}
         self.sigma = torch.ones(len(self.blocks), dtype=torch.float64)
         self.mask: ChunkMask | None = None
+        self.noise_source = noise_source(noise, noise_seed) if isinstance(noise, str) else noise
 
     def set_mask(self, mask: ChunkMask | None) -> None:
         """Multiply every z by ``mask`` from now on (perturbations and updates alike); None: dense."""
@@ -127,15 +133,28 @@ class PerturbationEngine:
             gen = self._local.generator = torch.Generator()
         return gen
 
-    def noise_chunk(self, seed: int, block: Block, chunk: int) -> torch.Tensor:
-        """z for rows ``self._chunks[block.index][chunk]`` of ``block`` (a fresh tensor)."""
-        r0, r1 = self._chunks[block.index][chunk]
-        shape = (r1 - r0, *block.shape[1:]) if block.shape else ()
+    def _seeded(self, seed: int, block: Block, chunk: int) -> torch.Generator:
         gen = self._generator()
         gen.manual_seed(chunk_seed(seed, block.index, chunk))
-        z = torch.empty(shape, dtype=block.param.dtype, device=block.param.device).normal_(generator=gen)
-        mask = self.mask(block, chunk) if self.mask is not None else None
-        return z if mask is None else z.mul_(mask)
+        return gen
+
+    def noise_chunk(self, seed: int, block: Block, chunk: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """z for rows ``self._chunks[block.index][chunk]`` of ``block`` (a fresh tensor).
+
+        ``rows`` (indices relative to the chunk) selects some of those rows: ``noise_chunk(...)[rows]``,
+        usually without drawing the others.
+        """
+        r0, r1 = self._chunks[block.index][chunk]
+        shape = (r1 - r0, *block.shape[1:]) if block.shape else ()
+        z = self.noise_source.draw(self._seeded(seed, block, chunk), shape, block.param.dtype,
+                                   block.param.device, rows)
+        mask = self._mask(block, chunk)
+        if mask is None:
+            return z
+        return z.mul_(mask if rows is None else mask[rows])
+
+    def _mask(self, block: Block, chunk: int) -> torch.Tensor | None:
+        return self.mask(block, chunk) if self.mask is not None else None
 
     def noise(self, seed: int, block: Block) -> torch.Tensor:
         """The whole z_b for one seed (materialized; for tests and forward-mode tangents)."""
@@ -150,14 +169,16 @@ class PerturbationEngine:
         return [b for b in self.blocks if any(d.covers(b) for d in directions)]
 
     def _run(self, fn: Callable[[Block, int], None], items: Sequence[tuple[Block, int]]) -> None:
-        """Run ``fn(block, chunk)`` for every item on the thread pool and wait.
+        """Run ``fn(block, chunk)`` for every item: on the thread pool if the noise source asks for it.
 
         Each worker draws its chunk's noise *and* does the arithmetic on it: torch's CPU ``normal_`` is
-        single-threaded, so chunks in parallel is what uses the cores (measured: a full update sweep of
-        SmolLM2-135M takes 0.22 s this way, 0.54 s when workers only draw and the caller adds).
+        single-threaded, so chunks in parallel is what uses the cores with ``gaussian`` noise (measured: a
+        full update sweep of SmolLM2-135M takes 0.22 s this way, 0.54 s when workers only draw and the
+        caller adds). ``pool`` noise runs on torch's own threads instead (a sweep takes about 0.11 s).
         """
-        if len(items) == 1:
-            fn(*items[0])
+        if len(items) == 1 or not self.noise_source.parallel_chunks:
+            for item in items:
+                fn(*item)
             return
         for future in [self._pool.submit(fn, *item) for item in items]:
             future.result()  # re-raises a worker's exception here
@@ -167,15 +188,13 @@ class PerturbationEngine:
         """out = base + sum_j c_j sigma_b z_j for one chunk (``base`` None: out += ...)."""
         scale = float(sigma[block.index])
         first = base is not None
+        mask = self._mask(block, chunk)
         for d in directions:
             if not d.covers(block):
                 continue
-            z = self.noise_chunk(d.seed, block, chunk)
-            if first:
-                torch.add(base, z, alpha=d.coeff * scale, out=out)
-                first = False
-            else:
-                out.add_(z, alpha=d.coeff * scale)
+            self.noise_source.add(out, base if first else None, self._seeded(d.seed, block, chunk),
+                                  d.coeff * scale, mask)
+            first = False
         if first:  # no direction reached this block
             out.copy_(base)
 
@@ -236,10 +255,10 @@ class PerturbationEngine:
             scale = float(sigma[b.index])
             for d in (d for d in directions if d.covers(b)):
                 # Scale the small product, not the chunk: one pass over the noise instead of three.
-                z = self.noise_chunk(d.seed, b, chunk)
                 if lookup:
-                    term[hit] += (d.coeff * scale) * z[inputs[hit] - r0]
+                    term[hit] += (d.coeff * scale) * self.noise_chunk(d.seed, b, chunk, rows=inputs[hit] - r0)
                 else:
+                    z = self.noise_chunk(d.seed, b, chunk)
                     term[..., r0:r1] += (d.coeff * scale) * F.linear(inputs, z)
 
         for item in self._chunk_list([block]):

@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from l2lzo.blocks import discover_blocks
 from l2lzo.models import CAUSAL, ENCODER, tiny_model
+from l2lzo.noise import NOISE_KINDS
 from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
 
 IDS = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 8, 250, 1, 0, 64]])
@@ -31,12 +32,13 @@ def forward(loaded, ids=IDS):
     return out.logits if loaded.family == CAUSAL else out.last_hidden_state
 
 
+@pytest.mark.parametrize("noise", NOISE_KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("chunk_numel", [1 << 20, 1000])  # 1000: multi-chunk blocks and the additive path
-def test_parameters_bitwise_unchanged_after_two_perturbed_forwards(dtype, chunk_numel):
+def test_parameters_bitwise_unchanged_after_two_perturbed_forwards(noise, dtype, chunk_numel):
     loaded = tiny_model(CAUSAL)
     loaded.model.to(dtype)
-    engine = PerturbationEngine(discover_blocks(loaded.model), chunk_numel=chunk_numel)
+    engine = PerturbationEngine(discover_blocks(loaded.model), chunk_numel=chunk_numel, noise=noise)
     before = snapshot(loaded.model)
     with torch.no_grad():
         with engine.perturbed([Direction(123, 1e-3)]):
@@ -47,12 +49,13 @@ def test_parameters_bitwise_unchanged_after_two_perturbed_forwards(dtype, chunk_
     assert_bitwise_equal(loaded.model, before)
 
 
+@pytest.mark.parametrize("noise", NOISE_KINDS)
 @pytest.mark.parametrize("family", [CAUSAL, ENCODER])
 @pytest.mark.parametrize("chunk_numel", [1 << 20, 1000])
-def test_perturbed_forward_equals_explicitly_perturbed_parameters(family, chunk_numel):
+def test_perturbed_forward_equals_explicitly_perturbed_parameters(noise, family, chunk_numel):
     loaded = tiny_model(family)
     blocks = discover_blocks(loaded.model)
-    engine = PerturbationEngine(blocks, chunk_numel=chunk_numel)
+    engine = PerturbationEngine(blocks, chunk_numel=chunk_numel, noise=noise)
     directions = [Direction(1, 0.05), Direction(2, -0.02)]
     with torch.no_grad():
         with engine.perturbed(directions):
@@ -78,12 +81,13 @@ def test_every_block_reaches_the_forward():
                 assert not torch.equal(forward(loaded), base), block.name
 
 
-def test_noise_is_deterministic_and_thread_count_independent():
+@pytest.mark.parametrize("noise", NOISE_KINDS)
+def test_noise_is_deterministic_and_thread_count_independent(noise):
     loaded = tiny_model(CAUSAL)
     results = []
     for threads in (1, 2):
         model = tiny_model(CAUSAL).model
-        engine = PerturbationEngine(discover_blocks(model), chunk_numel=500, threads=threads)
+        engine = PerturbationEngine(discover_blocks(model), chunk_numel=500, threads=threads, noise=noise)
         engine.add_([Direction(9, 0.5)])
         results.append(snapshot(model))
     for name in results[0]:

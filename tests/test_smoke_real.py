@@ -1,6 +1,7 @@
 """Real models on real data (CI runs these after the fast suite: `pytest -m smoke`).
 
-Needs the polarity data (`l2lzo data prepare polarity`) and the two model wheels from scripts/setup.
+Needs the polarity and bb_navigate data (`l2lzo data prepare polarity bb_navigate`) and the two model
+wheels from scripts/setup.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def test_smollm2_perturbation_is_exact_on_the_real_model(polarity):
         assert torch.equal(p.detach(), before[name]), name
     metrics = scorer.evaluate(polarity.dev[:32])
     assert metrics["examples"] == 32 and 0.0 < metrics["loss"] < 10.0
+
+
+def test_smollm2_lora_zo_steps_on_a_big_bench_task(tmp_path):
+    """Multiple choice by candidate log-likelihood on prepared BIG-bench data (the bigbench sdist from PyPI)."""
+    splits = load_task("bb_navigate", train_size=16, dev_size=16, test_size=16)
+    config = FinetuneConfig(model="smollm2-135m", task="bb_navigate", scheme="lora", steps=2, eval_every=2,
+                            train_size=16, dev_size=16, test_size=16, batch_size=4, output=str(tmp_path / "r.json"))
+    result = finetune(config, splits=splits, progress=False)
+    assert len(result.evals) == 2 and result.final_test["examples"] == 16
+    assert 0.0 < result.evals[-1]["dev_loss"] < 10.0
 
 
 def test_minilm_is_an_encoder_with_a_stable_fingerprint():

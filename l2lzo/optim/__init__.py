@@ -7,6 +7,7 @@ from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks
 from l2lzo.errors import L2LZOError
+from l2lzo.noise import NOISE_KINDS
 from l2lzo.optim.first_order import FOSGD, FOAdam
 from l2lzo.optim.forward_grad import ForwardGrad
 from l2lzo.optim.hybrid import HybridZOFO
@@ -61,22 +62,26 @@ def optimizer_class(name: str) -> type:
 
 def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-3, n_queries: int = 1,
                     seed: int = 0, *, group_level: str | None = None, sparsity: SparsityConfig | None = None,
-                    fo_blocks: list[Block] | None = None, fo_optimizer: str = "adam", fo_lr: float = 1e-4):
+                    fo_blocks: list[Block] | None = None, fo_optimizer: str = "adam", fo_lr: float = 1e-4,
+                    noise: str = "pool"):
     """The optimizer called ``name`` (see ``OPTIMIZERS``) over the model's trainable parameters.
 
-    ZO options: ``group_level`` (block-wise), ``sparsity`` (masked z) and ``fo_blocks``: with it, a
-    ``HybridZOFO`` trains those blocks with ``fo_optimizer`` at ``fo_lr`` and the rest with ``name``.
+    ZO options: ``group_level`` (block-wise), ``sparsity`` (masked z), ``noise`` (``l2lzo.noise``) and
+    ``fo_blocks``: with it, a ``HybridZOFO`` trains those blocks with ``fo_optimizer`` at ``fo_lr`` and the
+    rest with ``name``.
     """
     cls = optimizer_class(name)
     if name.lower() in ZERO_ORDER:
         if not fo_blocks:
             return cls(model, lr=lr, eps=eps, n_queries=n_queries, seed=seed, group_level=group_level,
-                       sparsity=sparsity)
+                       sparsity=sparsity, noise=noise)
         fo_ids = {id(b.param) for b in fo_blocks}
         zo_blocks = [b for b in discover_blocks(model) if id(b.param) not in fo_ids]
         zo = cls(model, lr=lr, eps=eps, n_queries=n_queries, seed=seed, group_level=group_level,
-                 sparsity=sparsity, blocks=zo_blocks)
+                 sparsity=sparsity, noise=noise, blocks=zo_blocks)
         return HybridZOFO(zo, HYBRID_FO[fo_optimizer]([b.param for b in fo_blocks], lr=fo_lr))
+    if noise not in NOISE_KINDS:
+        raise L2LZOError(f"unknown noise {noise!r}: choose one of {', '.join(NOISE_KINDS)}")
     if group_level or sparsity or fo_blocks:
         raise L2LZOError(f"block-wise, sparse and hybrid options apply to ZO optimizers, not {name!r}")
     params = [p for p in model.parameters() if p.requires_grad]

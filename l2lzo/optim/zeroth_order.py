@@ -47,11 +47,13 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
             the ZO share.
         group_level: block-wise ZO at this level (``layer``, ``attn-mlp``, ``tensor``); None: one estimate.
         sparsity: mask z (see ``l2lzo.sparsity``); None: dense.
+        noise: where z comes from (``l2lzo.noise``): ``pool`` (fast, the default) or ``gaussian`` (fresh
+            ``normal_`` draws, MeZO's noise exactly); the pool is seeded by ``seed``.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-6, eps: float = 1e-3, n_queries: int = 1,
                  seed: int = 0, weight_decay: float = 0.0, blocks: list[Block] | None = None,
-                 group_level: str | None = None, sparsity: SparsityConfig | None = None):
+                 group_level: str | None = None, sparsity: SparsityConfig | None = None, noise: str = "pool"):
         if not lr > 0 or not math.isfinite(lr):
             raise ValueError(f"lr must be a positive finite number, got {lr}")
         if not eps > 0 or not math.isfinite(eps):
@@ -61,7 +63,7 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         # Re-indexed 0..n-1: a block's index is its position in sigma and part of its noise seed.
         blocks = discover_blocks(model) if blocks is None else blocks
         self.blocks: list[Block] = [replace(b, index=i) for i, b in enumerate(blocks)]
-        self.engine = PerturbationEngine(self.blocks)
+        self.engine = PerturbationEngine(self.blocks, noise=noise, noise_seed=seed)
         # Scopes hold positions in self.blocks, which is what the engine indexes by.
         self.groups: list[frozenset[int] | None] = [None] if group_level is None else [
             frozenset(b.index for b in group) for group in group_blocks(self.engine.blocks, group_level).values()]
