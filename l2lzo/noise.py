@@ -6,20 +6,20 @@ Two sources, both deterministic in (seed, block, chunk) and independent of threa
   on one thread at about 2.6-4 ns a number, so on a 2-core CPU the three noise sweeps of an SPSA step
   (L+ forward, L- forward, update) cost about as much as half a forward of SmolLM2-135M.
 * ``pool`` (the default): every row of z is a window of a fixed pool of ``POOL_NUMEL`` standardized
-  N(0, 1) numbers, read at a random offset and multiplied by a random sign; the generator only draws
-  two integers per row. Copying a window costs about 0.3-0.6 ns a number, spread over torch's threads.
+  N(0, 1) numbers, multiplied by a random sign. A chunk's rows are windows at a random start and a random
+  stride (never overlapping), so z is a strided view of the pool: the generator draws two integers per
+  chunk and one sign per row, and perturbing a weight is one fused pass, theta + (c * sign) * window.
 
 Why ``pool`` is a sound SPSA direction: each entry of z is N(0, 1) (a pool number); entries of different
 rows are uncorrelated, as their signs are independent; within a row of length L, E[z z^T] is I plus the
 pool's own lag autocorrelations, which are O(1/sqrt(POOL_NUMEL)) each, so the bias of the estimate
 E[z z^T] g - g is at most about sqrt(L / POOL_NUMEL) * |g| (0.02 for L = 1536). Rows longer than
-``MAX_ROW`` are cut into flat segments of ``FLAT_SEGMENT`` numbers, each with its own offset and sign.
+``MAX_ROW`` are cut into flat segments of ``FLAT_SEGMENT`` numbers, each with its own sign.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from typing import Protocol
 
 import torch
@@ -71,25 +71,25 @@ class GaussianNoise:
 class PoolNoise(GaussianNoise):
     """Sign-flipped windows of a fixed pool of standardized Gaussian numbers (see the module docstring)."""
 
-    # Its copies and adds already run on torch's intra-op threads; more callers would oversubscribe the cores.
+    # Its reads and adds already run on torch's intra-op threads; more callers would oversubscribe the cores.
     parallel_chunks = False
 
     def __init__(self, seed: int = 0, numel: int = POOL_NUMEL):
         if numel < 2 * MAX_ROW:
             raise ValueError(f"the noise pool needs at least {2 * MAX_ROW} numbers, got {numel}")
-        pool = torch.randn(numel, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        # Standardized, so E[z_i^2] over offsets is 1 up to the few numbers at the pool's ends.
-        self._pool64 = (pool - pool.mean()) / pool.std()
-        self._pools: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-        self._local = threading.local()  # per-thread scratch for the windows ``add`` copies
+        # Standardized in place, so E[z_i^2] over offsets is 1 up to the few numbers at the pool's ends.
+        # Kept in float32 only (16 MiB, no larger temporaries): other dtypes are cast from it on first use.
+        pool = torch.randn(numel, generator=torch.Generator().manual_seed(seed))
+        pool.sub_(pool.mean(dtype=torch.float64))
+        pool.div_(torch.linalg.vector_norm(pool, dtype=torch.float64) / math.sqrt(numel - 1))
+        self._pools: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {(pool.dtype, pool.device): pool}
+        self._base = pool
 
-    def _windows(self, segment: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """All windows of ``segment`` numbers as rows of an overlapping view: row i is pool[i : i + segment]."""
+    def _pool(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (dtype, device)
         if key not in self._pools:
-            self._pools[key] = self._pool64.to(device=device, dtype=dtype)
-        pool = self._pools[key]
-        return pool.as_strided((pool.numel() - segment + 1, segment), (1, 1))
+            self._pools[key] = self._base.to(device=device, dtype=dtype)
+        return self._pools[key]
 
     @staticmethod
     def _layout(shape: tuple[int, ...]) -> tuple[int, int, bool]:
@@ -100,24 +100,35 @@ class PoolNoise(GaussianNoise):
         segment = row if by_rows else min(max(numel, 1), FLAT_SEGMENT)
         return segment, -(-numel // segment), by_rows
 
-    @staticmethod
-    def _pick(generator: torch.Generator, windows: torch.Tensor, count: int,
-              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """A window offset and a sign (+-1, shape (count, 1)) per segment."""
-        offsets = torch.randint(0, windows.shape[0], (count,), generator=generator)
-        signs = torch.randint(0, 2, (count, 1), generator=generator).to(dtype).mul_(2).sub_(1)
-        return offsets, signs
+    def _segments(self, generator: torch.Generator, segment: int, count: int, dtype: torch.dtype,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(windows, signs): ``count`` pool windows of ``segment`` numbers as rows, and a +-1 per row.
+
+        When the chunk fits in the pool, the windows start at offset + i * stride for a random offset and a
+        random stride >= segment (windows never overlap): a strided view, read in place, no copy. Otherwise
+        each window gets its own random offset and is copied out.
+        """
+        pool = self._pool(dtype, device)
+        spare = pool.numel() - count * segment
+        if spare >= 0:
+            stride = segment + int(torch.randint(0, spare // max(count - 1, 1) + 1, (1,), generator=generator))
+            start = int(torch.randint(0, pool.numel() - (count - 1) * stride - segment + 1, (1,),
+                                      generator=generator))
+            windows = pool.as_strided((count, segment), (stride, 1), start)
+        else:
+            offsets = torch.randint(0, pool.numel() - segment + 1, (count,), generator=generator)
+            every = pool.as_strided((pool.numel() - segment + 1, segment), (1, 1))  # row i: pool[i : i + segment]
+            windows = torch.index_select(every, 0, offsets.to(device))
+        signs = torch.randint(0, 2, (count, 1), generator=generator).to(device=device, dtype=dtype).mul_(2).sub_(1)
+        return windows, signs
 
     def draw(self, generator, shape, dtype, device, rows=None):
         segment, count, by_rows = self._layout(shape)
-        windows = self._windows(segment, dtype, device)
-        offsets, signs = self._pick(generator, windows, count, dtype)
+        windows, signs = self._segments(generator, segment, count, dtype, device)
         if rows is not None and by_rows:
-            offsets, signs = offsets[rows], signs[rows]
-        z = torch.index_select(windows, 0, offsets.to(device)).mul_(signs.to(device))
-        if rows is not None and by_rows:
-            return z.view(len(offsets), *shape[1:])
-        z = z.view(-1)[:math.prod(shape)].view(shape)
+            rows = rows.to(device)
+            return (windows[rows] * signs[rows]).view(len(rows), *shape[1:])
+        z = (windows * signs).view(-1)[:math.prod(shape)].view(shape)
         return z if rows is None else z[rows]
 
     def add(self, out, base, generator, alpha, mask=None):
@@ -126,26 +137,15 @@ class PoolNoise(GaussianNoise):
         if not (by_rows and contiguous):  # small 1-D blocks, very long rows: draw z, then add
             super().add(out, base, generator, alpha, mask)
             return
-        windows = self._windows(segment, out.dtype, out.device)
-        offsets, signs = self._pick(generator, windows, count, out.dtype)
-        # Two passes over the chunk: copy the windows into a reused buffer, then one fused
-        # out = base + (alpha * sign) * window; the sign rides on the per-row coefficient.
-        z = torch.index_select(windows, 0, offsets.to(out.device), out=self._scratch(count, segment, out))
+        windows, signs = self._segments(generator, segment, count, out.dtype, out.device)
         if mask is not None:
-            z.mul_(mask.view(count, segment))
-        coeffs = signs.mul_(alpha).to(out.device)
+            windows = windows * mask.view(count, segment)
+        # One pass over the chunk: out = base + (alpha * sign) * window, the sign riding on the row coefficient.
+        coeffs = signs.mul_(alpha)
         if base is None:
-            out.view(count, segment).addcmul_(coeffs, z)
+            out.view(count, segment).addcmul_(coeffs, windows)
         else:
-            torch.addcmul(base.view(count, segment), coeffs, z, out=out.view(count, segment))
-
-    def _scratch(self, count: int, segment: int, like: torch.Tensor) -> torch.Tensor:
-        buffers = self._local.__dict__.setdefault("buffers", {})
-        key = (like.dtype, like.device)
-        buffer = buffers.get(key)
-        if buffer is None or buffer.numel() < count * segment:
-            buffer = buffers[key] = torch.empty(count * segment, dtype=like.dtype, device=like.device)
-        return buffer[:count * segment].view(count, segment)
+            torch.addcmul(base.view(count, segment), coeffs, windows, out=out.view(count, segment))
 
 
 def noise_source(kind: str, seed: int = 0) -> NoiseSource:

@@ -77,6 +77,15 @@ def test_pool_directions_are_isotropic(shape):
     torch.testing.assert_close(second_moment, torch.eye(draws.shape[1]), rtol=0, atol=0.08)
 
 
+def test_chunks_larger_than_the_pool_copy_independent_windows():
+    shape = (80, 1000)  # 80k numbers > the 64k pool: no strided view fits
+    rows = torch.tensor([3, 79])
+    torch.testing.assert_close(draw(POOL, 6, shape, rows=rows), draw(POOL, 6, shape)[rows], rtol=0, atol=0)
+    base, out = torch.randn(shape), torch.empty(shape)
+    POOL.add(out, base, gen(6), 0.25)
+    torch.testing.assert_close(out, base + 0.25 * draw(POOL, 6, shape), rtol=1e-6, atol=1e-6)
+
+
 def test_long_rows_use_flat_segments():
     z = draw(POOL, 2, (2, MAX_ROW + 1))
     assert z.shape == (2, MAX_ROW + 1)
