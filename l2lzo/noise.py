@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 
+from l2lzo.errors import L2LZOError
+
 POOL_NUMEL = 1 << 22  # 16 MiB of float32
 MAX_ROW = 1 << 14
 FLAT_SEGMENT = 1024
@@ -148,10 +150,17 @@ class PoolNoise(GaussianNoise):
             torch.addcmul(base.view(count, segment), coeffs, windows, out=out.view(count, segment))
 
 
+class UnknownNoiseError(L2LZOError, ValueError):
+    """An unknown noise name: a one-line user error for the CLI, a ValueError for the engine's callers."""
+
+
+def check_noise(kind: str) -> None:
+    """Raise ``UnknownNoiseError`` listing the choices unless ``kind`` is one of ``NOISE_KINDS``."""
+    if kind not in NOISE_KINDS:
+        raise UnknownNoiseError(f"unknown noise {kind!r}: choose one of {', '.join(NOISE_KINDS)}")
+
+
 def noise_source(kind: str, seed: int = 0) -> NoiseSource:
     """The noise source called ``kind`` (one of ``NOISE_KINDS``); ``seed`` fixes the pool."""
-    if kind == "pool":
-        return PoolNoise(seed)
-    if kind == "gaussian":
-        return GaussianNoise()
-    raise ValueError(f"unknown noise {kind!r}: choose one of {', '.join(NOISE_KINDS)}")
+    check_noise(kind)
+    return PoolNoise(seed) if kind == "pool" else GaussianNoise()

@@ -116,5 +116,7 @@ def test_config_and_builder_name_the_choices():
         FinetuneConfig(noise="uniform").validate()
     with pytest.raises(L2LZOError, match="unknown noise 'uniform'"):
         build_optimizer("fo-sgd", tiny_model(CAUSAL).model, lr=1e-3, noise="uniform")
+    with pytest.raises(L2LZOError, match="unknown noise 'uniform'"):  # the same one-line error for ZO
+        build_optimizer("zo-sgd", tiny_model(CAUSAL).model, lr=1e-3, noise="uniform")
     opt = build_optimizer("zo-sgd", tiny_model(CAUSAL).model, lr=1e-3, noise="gaussian")
     assert isinstance(opt.engine.noise_source, GaussianNoise)

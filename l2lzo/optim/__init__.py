@@ -7,7 +7,7 @@ from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks
 from l2lzo.errors import L2LZOError
-from l2lzo.noise import NOISE_KINDS
+from l2lzo.noise import check_noise
 from l2lzo.optim.first_order import FOSGD, FOAdam
 from l2lzo.optim.forward_grad import ForwardGrad
 from l2lzo.optim.hybrid import HybridZOFO
@@ -71,6 +71,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-3, n
     rest with ``name``.
     """
     cls = optimizer_class(name)
+    check_noise(noise)
     if name.lower() in ZERO_ORDER:
         if not fo_blocks:
             return cls(model, lr=lr, eps=eps, n_queries=n_queries, seed=seed, group_level=group_level,
@@ -80,8 +81,6 @@ def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-3, n
         zo = cls(model, lr=lr, eps=eps, n_queries=n_queries, seed=seed, group_level=group_level,
                  sparsity=sparsity, noise=noise, blocks=zo_blocks)
         return HybridZOFO(zo, HYBRID_FO[fo_optimizer]([b.param for b in fo_blocks], lr=fo_lr))
-    if noise not in NOISE_KINDS:
-        raise L2LZOError(f"unknown noise {noise!r}: choose one of {', '.join(NOISE_KINDS)}")
     if group_level or sparsity or fo_blocks:
         raise L2LZOError(f"block-wise, sparse and hybrid options apply to ZO optimizers, not {name!r}")
     params = [p for p in model.parameters() if p.requires_grad]
