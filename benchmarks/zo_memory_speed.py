@@ -53,7 +53,7 @@ def _batch(scorer, batch_size: int, seq_len: int):
         text = " ".join(e.prompt for e in pool[i * 8:(i + 1) * 8])
         prompts.append(Example(text, pool[0].options, pool[i].label))
     batch = scorer.encode(prompts)
-    assert batch.mode == "label_word" and tuple(batch.inputs["input_ids"].shape) == (batch_size, seq_len)
+    assert batch.mode == "single_token" and tuple(batch.inputs["input_ids"].shape) == (batch_size, seq_len)
     return batch
 
 

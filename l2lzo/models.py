@@ -176,14 +176,22 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<pad>")
 
 
-def tiny_model(family: str = CAUSAL, seed: int = 0, layers: int = 2, hidden: int = 32) -> LoadedModel:
-    """A tiny randomly initialised model built from a config (no files), for tests."""
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+def tiny_model(family: str = CAUSAL, seed: int = 0, layers: int = 2, hidden: int = 32,
+               architecture: str = "llama") -> LoadedModel:
+    """A tiny randomly initialised model built from a config (no files), for tests.
+
+    ``architecture`` picks the causal model: ``llama`` (rotary positions, tied head) or ``gpt2`` (absolute
+    position embeddings, which left padding would shift).
+    """
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(seed)
-    if family == CAUSAL:
+    if family == CAUSAL and architecture == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4,
+                                           n_positions=256, pad_token_id=vocab - 1))
+    elif family == CAUSAL:
         config = LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -24,13 +24,13 @@ def tiny_encoder():
     return tiny_model(ENCODER)
 
 
-# Options without a leading space: with the byte-level test tokenizer their first tokens differ,
-# which exercises the label-word path; " yes"/" no" share the space token and use candidates.
+# One-character options are single tokens of the byte-level test tokenizer: the single-token (verbalizer)
+# path; longer options such as " blue" are several tokens and are scored as candidates.
 _LABEL_WORD = [
-    Example("great movie. It was", ("bad", "good"), 1),
-    Example("awful plot. It was", ("bad", "good"), 0),
-    Example("loved it. It was", ("bad", "good"), 1),
-    Example("boring. It was", ("bad", "good"), 0),
+    Example("great movie. It was", ("n", "y"), 1),
+    Example("awful plot. It was", ("n", "y"), 0),
+    Example("loved it. It was", ("n", "y"), 1),
+    Example("boring. It was", ("n", "y"), 0),
 ]
 _CANDIDATE = [
     Example("Q: colour of the sky?\nA:", (" blue", " red sun"), 0),
