@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+
+from l2lzo.errors import check_choice
 
 # Checked in order: adapter roles first (a LoRA matrix inside q_proj is a lora_A block, not a q block).
 _ROLE_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -49,6 +52,11 @@ class Block:
     @property
     def numel(self) -> int:
         return self.param.numel()
+
+
+def rows_view(tensor: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``tensor[rows]``: some rows of a block-shaped tensor, or the tensor itself for a 0-d block (no rows)."""
+    return tensor[rows] if tensor.dim() else tensor
 
 
 def role_of(name: str, module_classes: str = "") -> str:
@@ -118,6 +126,7 @@ def group_key(block: Block, level: str) -> str:
     final norm, prefix, ...). ``attn-mlp`` splits each layer into its attention projections, its MLP
     projections and the rest (norms, adapters' own groups follow their host). ``tensor``: every block alone.
     """
+    check_choice("group level", level, GROUP_LEVELS)
     if level == "tensor":
         return block.name
     match = _LAYER_INDEX.search(block.name)
@@ -126,11 +135,9 @@ def group_key(block: Block, level: str) -> str:
     layer = f"layer.{int(match.group(1))}"
     if level == "layer":
         return layer
-    if level == "attn-mlp":
-        host = role_of(block.name.replace("lora_A", "").replace("lora_B", ""))
-        part = "attn" if host in _ATTENTION_ROLES else "mlp" if host in _MLP_ROLES else "other"
-        return f"{layer}.{part}"
-    raise ValueError(f"unknown group level {level!r}: choose one of {', '.join(GROUP_LEVELS)}")
+    host = role_of(block.name.replace("lora_A", "").replace("lora_B", ""))
+    part = "attn" if host in _ATTENTION_ROLES else "mlp" if host in _MLP_ROLES else "other"
+    return f"{layer}.{part}"
 
 
 def group_blocks(blocks: list[Block], level: str) -> dict[str, list[Block]]:

@@ -11,9 +11,14 @@ the engine shows it a perturbed tensor instead:
 
 * small blocks are *materialized*: ``theta_b + c * z_b`` is built just before the module runs and
   dropped right after (one temporary the size of that block, never the whole model);
-* large embedding and linear blocks (> ``chunk_numel``, e.g. a 49k x 576 vocabulary matrix) stay
-  *additive*: the module runs on theta and the engine adds the noise term chunk by chunk
-  (``z[ids]`` rows for a lookup, ``x @ z_chunk.T`` for a projection), so no full-size temporary exists.
+* large blocks (> ``chunk_numel``, e.g. a 49k x 576 vocabulary matrix, or every projection of a 1B+ model)
+  are never materialized whole. A large ``nn.Linear`` weight runs *chunked*: the module's output is computed
+  chunk by chunk of weight rows on ``theta_chunk + c * z_chunk`` (one chunk-sized temporary, one matmul in
+  all, as many FLOPs as the plain layer). A large ``nn.Embedding`` stays *additive*: the lookup runs on theta
+  and the engine adds ``c * z[ids]``, drawing only the rows of the batch's tokens.
+
+Temporaries are allocated on the device of the block (or of the module's input), so the engine runs
+wherever the model does.
 
 Because theta is only read, it is bitwise the same after any number of perturbed forwards; this is
 exact in every dtype, unlike MeZO's in-place +eps, -2eps, +eps, and it saves one noise sweep.
@@ -21,7 +26,6 @@ exact in every dtype, unlike MeZO's in-place +eps, -2eps, +eps, and it saves one
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from l2lzo.blocks import Block
+from l2lzo.blocks import Block, rows_view
 from l2lzo.noise import NoiseSource, noise_source
 
 CHUNK_NUMEL = 1 << 20
@@ -96,7 +100,6 @@ class PerturbationEngine:
         self.chunk_numel = chunk_numel
         self._threads = threads or max(1, torch.get_num_threads())
         self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="l2lzo-noise")
-        self._local = threading.local()
         self._chunks = {b.index: self._row_chunks(b) for b in self.blocks}
         self.sigma = torch.ones(len(self.blocks), dtype=torch.float64)
         self.mask: ChunkMask | None = None
@@ -127,16 +130,9 @@ class PerturbationEngine:
         per_chunk = max(1, self.chunk_numel // row_numel)
         return [(r, min(r + per_chunk, rows)) for r in range(0, rows, per_chunk)]
 
-    def _generator(self) -> torch.Generator:
-        gen = getattr(self._local, "generator", None)
-        if gen is None:
-            gen = self._local.generator = torch.Generator()
-        return gen
-
-    def _seeded(self, seed: int, block: Block, chunk: int) -> torch.Generator:
-        gen = self._generator()
-        gen.manual_seed(chunk_seed(seed, block.index, chunk))
-        return gen
+    def chunk_rows(self, block: Block, chunk: int) -> slice:
+        """The rows of ``block`` that chunk ``chunk`` covers."""
+        return slice(*self._chunks[block.index][chunk])
 
     def noise_chunk(self, seed: int, block: Block, chunk: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """z for rows ``self._chunks[block.index][chunk]`` of ``block`` (a fresh tensor).
@@ -146,7 +142,7 @@ class PerturbationEngine:
         """
         r0, r1 = self._chunks[block.index][chunk]
         shape = (r1 - r0, *block.shape[1:]) if block.shape else ()
-        z = self.noise_source.draw(self._seeded(seed, block, chunk), shape, block.param.dtype,
+        z = self.noise_source.draw(chunk_seed(seed, block.index, chunk), shape, block.param.dtype,
                                    block.param.device, rows)
         mask = self._mask(block, chunk)
         if mask is None:
@@ -192,15 +188,11 @@ class PerturbationEngine:
         for d in directions:
             if not d.covers(block):
                 continue
-            self.noise_source.add(out, base if first else None, self._seeded(d.seed, block, chunk),
+            self.noise_source.add(out, base if first else None, chunk_seed(d.seed, block.index, chunk),
                                   d.coeff * scale, mask)
             first = False
         if first:  # no direction reached this block
             out.copy_(base)
-
-    def _rows(self, tensor: torch.Tensor, block: Block, chunk: int) -> torch.Tensor:
-        r0, r1 = self._chunks[block.index][chunk]
-        return tensor[r0:r1] if block.shape else tensor
 
     # ---- updates -----------------------------------------------------------------------------------
 
@@ -210,7 +202,8 @@ class PerturbationEngine:
         sigma = self.sigma if sigma is None else sigma
 
         def update(block: Block, chunk: int) -> None:
-            self._combine(self._rows(block.param.data, block, chunk), None, block, chunk, directions, sigma)
+            rows = rows_view(block.param.data, self.chunk_rows(block, chunk))
+            self._combine(rows, None, block, chunk, directions, sigma)
 
         self._run(update, self._chunk_list(self.covered(directions)))
 
@@ -223,47 +216,49 @@ class PerturbationEngine:
         """
         sigma = self.sigma if sigma is None else sigma
         for block, chunk in self._chunk_list(self.covered(directions)):
-            r0, r1 = self._chunks[block.index][chunk]
-            out = torch.zeros_like(self._rows(block.param.detach(), block, chunk))
+            rows = self.chunk_rows(block, chunk)
+            out = torch.zeros_like(rows_view(block.param.detach(), rows))
             self._combine(out, None, block, chunk, directions, sigma)
-            yield block, slice(r0, r1), out
+            yield block, rows, out
 
     # ---- perturbed forwards ------------------------------------------------------------------------
 
-    def _is_additive(self, block: Block, module: nn.Module, attr: str) -> bool:
-        large = block.numel > self.chunk_numel
-        return attr == "weight" and large and type(module) in (nn.Embedding, nn.Linear)
+    def _is_large(self, block: Block, module: nn.Module, attr: str, kind: type[nn.Module]) -> bool:
+        return attr == "weight" and block.numel > self.chunk_numel and type(module) is kind
 
-    def _additive_term(self, block: Block, module: nn.Module, inputs: torch.Tensor,
-                       directions: Sequence[Direction], sigma: torch.Tensor) -> torch.Tensor:
-        """The noise part of the module's output, computed chunk by chunk of weight rows.
+    def _lookup_term(self, block: Block, inputs: torch.Tensor, directions: Sequence[Direction],
+                     sigma: torch.Tensor) -> torch.Tensor:
+        """The noise part of a large embedding's output: c * sigma_b * z[ids], drawing only the looked-up rows.
 
         Sequential on purpose, like ``perturbed``: inside a forward the pool only competes with torch.
         """
-        lookup = isinstance(module, nn.Embedding)
-        if lookup:
-            term = torch.zeros((*inputs.shape, block.shape[1]), dtype=block.param.dtype)
-        else:
-            term = torch.zeros((*inputs.shape[:-1], block.shape[0]), dtype=block.param.dtype)
-
-        def add_chunk(b: Block, chunk: int) -> None:
-            r0, r1 = self._chunks[b.index][chunk]
-            if lookup:
-                hit = (inputs >= r0) & (inputs < r1)
-                if not hit.any():
-                    return
-            scale = float(sigma[b.index])
-            for d in (d for d in directions if d.covers(b)):
+        term = torch.zeros((*inputs.shape, block.shape[1]), dtype=block.param.dtype, device=inputs.device)
+        scale = float(sigma[block.index])
+        for chunk, (r0, r1) in enumerate(self._chunks[block.index]):
+            hit = (inputs >= r0) & (inputs < r1)
+            if not hit.any():
+                continue
+            for d in (d for d in directions if d.covers(block)):
                 # Scale the small product, not the chunk: one pass over the noise instead of three.
-                if lookup:
-                    term[hit] += (d.coeff * scale) * self.noise_chunk(d.seed, b, chunk, rows=inputs[hit] - r0)
-                else:
-                    z = self.noise_chunk(d.seed, b, chunk)
-                    term[..., r0:r1] += (d.coeff * scale) * F.linear(inputs, z)
-
-        for item in self._chunk_list([block]):
-            add_chunk(*item)
+                term[hit] += (d.coeff * scale) * self.noise_chunk(d.seed, block, chunk, rows=inputs[hit] - r0)
         return term
+
+    def _chunked_linear(self, block: Block, module: nn.Linear, inputs: torch.Tensor,
+                        directions: Sequence[Direction], sigma: torch.Tensor) -> torch.Tensor:
+        """A large linear layer's output at theta + sum_j c_j sigma_b z_j, chunk by chunk of weight rows.
+
+        Each chunk's perturbed rows are built in one fused pass and used by one matmul, so the layer costs
+        its usual FLOPs plus one pass over its weight; theta is only read. The bias is read from the module,
+        where it is already the perturbed one when it is a block too.
+        """
+        weight, bias = block.param.detach(), module.bias
+        out = torch.empty((*inputs.shape[:-1], block.shape[0]), dtype=inputs.dtype, device=inputs.device)
+        for chunk in range(len(self._chunks[block.index])):
+            rows = self.chunk_rows(block, chunk)
+            perturbed = torch.empty_like(weight[rows])
+            self._combine(perturbed, weight[rows], block, chunk, directions, sigma)
+            out[..., rows] = F.linear(inputs, perturbed, None if bias is None else bias[rows])
+        return out
 
     @contextmanager
     def perturbed(self, directions: Sequence[Direction], sigma: torch.Tensor | None = None):
@@ -274,15 +269,18 @@ class PerturbationEngine:
         sigma = self.sigma if sigma is None else sigma
 
         def replace(block: Block, module: nn.Module, attr: str):
-            if self._is_additive(block, module, attr):
-                return lambda inputs: self._additive_term(block, module, inputs, directions, sigma)
+            if self._is_large(block, module, attr, nn.Embedding):
+                return AddToOutput(lambda inputs: self._lookup_term(block, inputs, directions, sigma))
+            if self._is_large(block, module, attr, nn.Linear):
+                return ReplaceForward(lambda inputs: self._chunked_linear(block, module, inputs, directions, sigma))
             # One block at a time, on this thread: spreading a single layer's blocks over the pool
             # measured slower (0.58 s vs 0.40 s of overhead per SmolLM2 forward), as the pool then
             # competes with torch's own threads between every pair of modules.
             out = torch.empty_like(block.param.detach())
             for chunk in range(len(self._chunks[block.index])):
-                base = self._rows(block.param.detach(), block, chunk)
-                self._combine(self._rows(out, block, chunk), base, block, chunk, directions, sigma)
+                rows = self.chunk_rows(block, chunk)
+                self._combine(rows_view(out, rows), rows_view(block.param.detach(), rows), block, chunk,
+                              directions, sigma)
             return out
 
         with self.swapped(replace, self.covered(directions)):
@@ -292,10 +290,11 @@ class PerturbationEngine:
     def swapped(self, replace: Callable[[Block, nn.Module, str], object], blocks: Sequence[Block] | None = None):
         """Inside this context, each owning module runs with ``replace(block, module, attr)``.
 
-        ``replace`` returns either a tensor, used in place of the parameter during the module's
-        forward, or a function ``inputs -> tensor`` whose result is added to the module's output.
-        Hooks are installed for the duration of the context only; parameters are never written.
-        ``blocks`` (default: all) limits which blocks are replaced.
+        ``replace`` returns a tensor, used in place of the parameter during the module's forward; an
+        ``AddToOutput``, whose term is added to the module's output; or a ``ReplaceForward``, which computes
+        the module's output instead of its own forward. It is called at every forward, so what it returns
+        may depend on the inputs. Hooks are installed for the duration of the context only; parameters are
+        never written. ``blocks`` (default: all) limits which blocks are replaced.
         """
         by_module: dict[int, tuple[nn.Module, list[tuple[Block, str]]]] = {}
         for block in self.blocks if blocks is None else blocks:
@@ -309,11 +308,27 @@ class PerturbationEngine:
                 hook.close()
 
 
+@dataclass(frozen=True)
+class AddToOutput:
+    """A replacement that adds ``term(inputs)`` to the module's output."""
+
+    term: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ReplaceForward:
+    """A replacement that computes the module's output as ``forward(inputs)``; its own forward does not run."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+
+
 class _SwapHook:
     """Swaps one module's parameters for replacements around each forward call, then restores them.
 
-    ``close`` removes the hooks and restores anything still swapped, so theta is back in place even
-    when a forward raised half-way.
+    The module's ``forward`` is wrapped for the hook's lifetime, so a ``ReplaceForward`` can stand in for it
+    (``nn.Module.__call__`` looks ``forward`` up before any pre-hook runs, so a pre-hook alone cannot).
+    ``close`` removes the hooks and the wrapper and restores anything still swapped, so theta is back in
+    place even when a forward raised half-way.
     """
 
     def __init__(self, module: nn.Module, owned: list[tuple[Block, str]],
@@ -323,13 +338,22 @@ class _SwapHook:
         self.replace = replace
         self.originals: dict[str, nn.Parameter] = {}
         self.additive: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        self.override: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.instance_forward = module.__dict__.get("forward")  # e.g. an accelerate hook's, put back on close
+        self.own_forward = module.forward
+        module.forward = self.forward
         self.handles = [
             module.register_forward_pre_hook(self.before),
             module.register_forward_hook(self.after, with_kwargs=True),
         ]
 
+    def forward(self, *args, **kwargs):
+        if self.override is not None:
+            return self.override(_first_input(args, kwargs))
+        return self.own_forward(*args, **kwargs)
+
     def before(self, module: nn.Module, args) -> None:
-        self.additive = []
+        self.additive, self.override = [], None
         for block, attr in self.owned:
             replacement = self.replace(block, module, attr)
             if isinstance(replacement, torch.Tensor):
@@ -337,15 +361,17 @@ class _SwapHook:
                 # Direct dict write: a plain tensor is not an nn.Parameter, and the original Parameter
                 # object (theta) must stay untouched to be put back.
                 module._parameters[attr] = replacement
+            elif isinstance(replacement, ReplaceForward):
+                self.override = replacement.forward
             else:
-                self.additive.append(replacement)
+                self.additive.append(replacement.term)
 
     def after(self, module: nn.Module, args, kwargs, output):
         self._restore()
-        inputs = args[0] if args else next(iter(kwargs.values()))
+        inputs = _first_input(args, kwargs)
         for term in self.additive:
             output = output + term(inputs)
-        self.additive = []
+        self.additive, self.override = [], None
         return output
 
     def _restore(self) -> None:
@@ -355,4 +381,13 @@ class _SwapHook:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+        if self.instance_forward is None:
+            del self.module.forward
+        else:
+            self.module.forward = self.instance_forward
+        self.override = None
         self._restore()
+
+
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values()))

@@ -158,3 +158,19 @@ def test_property_perturbation_never_changes_theta(seed, eps, queries):
     with torch.no_grad(), engine.perturbed(directions):
         forward(loaded)
     assert_bitwise_equal(loaded.model, before)
+
+
+@pytest.mark.parametrize("family", [CAUSAL, ENCODER])
+def test_large_projections_cost_the_flops_of_the_plain_layer(family):
+    """A projection over chunk_numel runs chunk by chunk on perturbed rows: no second x @ z^T matmul."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    loaded = tiny_model(family)
+    engine = PerturbationEngine(discover_blocks(loaded.model), chunk_numel=1000)  # 32x32 and larger: chunked
+    assert any(b.numel > 1000 and b.role in ("q", "up", "down") for b in engine.blocks)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as plain:
+            forward(loaded)
+        with engine.perturbed([Direction(1, 1e-3), Direction(2, -1e-3)]), FlopCounterMode(display=False) as noisy:
+            forward(loaded)
+    assert noisy.get_total_flops() == plain.get_total_flops()

@@ -22,7 +22,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from l2lzo.blocks import Block, discover_blocks, group_blocks
+from l2lzo.blocks import Block, discover_blocks, group_blocks, rows_view
+from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries
 from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
 from l2lzo.sparsity import SparseMask, SparsityConfig
 
@@ -54,12 +55,9 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, lr: float = 1e-6, eps: float = 1e-3, n_queries: int = 1,
                  seed: int = 0, weight_decay: float = 0.0, blocks: list[Block] | None = None,
                  group_level: str | None = None, sparsity: SparsityConfig | None = None, noise: str = "pool"):
-        if not lr > 0 or not math.isfinite(lr):
-            raise ValueError(f"lr must be a positive finite number, got {lr}")
-        if not eps > 0 or not math.isfinite(eps):
-            raise ValueError(f"eps must be a positive finite number, got {eps}")
-        if n_queries < 1:
-            raise ValueError(f"n_queries must be >= 1, got {n_queries}")
+        check_lr(lr)
+        check_eps(eps)
+        check_n_queries(n_queries)
         # Re-indexed 0..n-1: a block's index is its position in sigma and part of its noise seed.
         blocks = discover_blocks(model) if blocks is None else blocks
         self.blocks: list[Block] = [replace(b, index=i) for i, b in enumerate(blocks)]
@@ -129,17 +127,13 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         """theta[rows] -= lr * update(block, rows, gradient chunk), over every chunk of the estimate."""
         lr = self.hparams["lr"]
         for block, rows, grad in self.engine.gradient_chunks(directions):
-            target = block.param.data[rows] if block.shape else block.param.data
-            target.add_(update(block, rows, grad), alpha=-lr)
+            rows_view(block.param.data, rows).add_(update(block, rows, grad), alpha=-lr)
 
     def _buffer(self, block: Block, name: str) -> torch.Tensor:
         state = self.state[block.param]
         if name not in state:
             state[name] = torch.zeros_like(block.param, memory_format=torch.preserve_format)
         return state[name]
-
-    def _rows(self, tensor: torch.Tensor, block: Block, rows: slice) -> torch.Tensor:
-        return tensor[rows] if block.shape else tensor
 
 
 class ZOSGD(ZeroOrderOptimizer):
@@ -168,7 +162,7 @@ class ZOSGDMomentum(ZeroOrderOptimizer):
 
     def apply(self, directions: list[Direction], closure: Closure) -> None:
         def update(block: Block, rows: slice, grad: torch.Tensor) -> torch.Tensor:
-            m = self._rows(self._buffer(block, "momentum"), block, rows)
+            m = rows_view(self._buffer(block, "momentum"), rows)
             return m.mul_(self.momentum).add_(grad)
 
         self._apply_chunkwise(update, directions)
@@ -189,8 +183,8 @@ class ZOAdam(ZeroOrderOptimizer):
         c1, c2 = 1 - b1**t, 1 - b2**t
 
         def update(block: Block, rows: slice, grad: torch.Tensor) -> torch.Tensor:
-            m = self._rows(self._buffer(block, "exp_avg"), block, rows)
-            v = self._rows(self._buffer(block, "exp_avg_sq"), block, rows)
+            m = rows_view(self._buffer(block, "exp_avg"), rows)
+            v = rows_view(self._buffer(block, "exp_avg_sq"), rows)
             m.mul_(b1).add_(grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             return (m / c1).div_((v / c2).sqrt_().add_(self.adam_eps))
