@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import resource
@@ -16,15 +15,16 @@ import torch
 from tqdm import tqdm
 
 from l2lzo.blocks import GROUP_LEVELS, discover_blocks, group_blocks
-from l2lzo.errors import L2LZOError
+from l2lzo.errors import L2LZOError, check_choice
 from l2lzo.files import write_json
 from l2lzo.models import LoadedModel, fingerprint, load_model
-from l2lzo.noise import NOISE_KINDS
+from l2lzo.noise import check_noise
 from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
+from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries, check_unit_interval
 from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
 from l2lzo.schemes import apply_scheme, check_scheme
 from l2lzo.scoring import Scorer
-from l2lzo.sparsity import SPARSE_MODES, SPARSE_SCOPES, SparsityConfig
+from l2lzo.sparsity import SparsityConfig
 from l2lzo.tasks import Example, TaskSplits, load_task
 
 # ZO needs a small lr on full fine-tuning and larger ones when few parameters train. Measured: ("zo", "full")
@@ -89,33 +89,33 @@ class FinetuneConfig:
         return Path("results") / f"{stem}.json"
 
     def validate(self) -> None:
-        """Names and ranges, checked before anything slow is loaded; one-line errors."""
+        """Names and ranges, checked before anything slow is loaded; one-line errors.
+
+        Each rule lives with the code that owns the setting (optimizers, noise, sparsity, groups, profiling);
+        only the loop's own settings are checked here.
+        """
         optimizer_class(self.optimizer)
         check_scheme(self.scheme)
-        lr = self.resolved_lr()
+        check_lr(self.resolved_lr())
+        check_eps(self.eps)
+        check_n_queries(self.n_queries)
+        check_noise(self.noise)
+        SparsityConfig(self.sparsity, self.sparse_mode, self.sparse_scope, self.sparse_resample)
+        if self.zo_blocks is not None:
+            check_choice("group level", self.zo_blocks, GROUP_LEVELS)
+        check_choice("hybrid FO optimizer", self.hybrid_fo_optimizer, HYBRID_FO)
+        check_unit_interval("hybrid FO lr", self.resolved_fo_lr())
+        check_choice("importance metric", self.profile_metric, METRICS)
         checks = [
-            (0 < lr <= 1 and math.isfinite(lr), f"--lr must be in (0, 1], got {lr}"),
-            (0 < self.eps <= 1 and math.isfinite(self.eps), f"--eps must be in (0, 1], got {self.eps}"),
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.n_queries >= 1, f"--n-queries must be >= 1, got {self.n_queries}"),
-            (self.noise in NOISE_KINDS, f"--noise must be one of {', '.join(NOISE_KINDS)}, got {self.noise!r}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
             (self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0, got {self.time_budget}"),
             (self.train_size is None or self.train_size >= 1, f"--train-size must be >= 1, got {self.train_size}"),
             (self.dev_size >= 1 and self.test_size >= 1, "--dev-size and --test-size must be >= 1"),
-            (self.zo_blocks in (None, *GROUP_LEVELS), f"--zo-blocks must be one of {', '.join(GROUP_LEVELS)}"),
-            (0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}"),
-            (self.sparse_mode in SPARSE_MODES, f"--sparse-mode must be one of {', '.join(SPARSE_MODES)}"),
-            (self.sparse_scope in SPARSE_SCOPES, f"--sparse-scope must be one of {', '.join(SPARSE_SCOPES)}"),
-            (self.sparse_resample >= 1, f"--sparse-resample must be >= 1, got {self.sparse_resample}"),
             (0 <= self.hybrid_fo_budget < 1, f"--hybrid-fo-budget must be in [0, 1), got {self.hybrid_fo_budget}"),
-            (self.hybrid_fo_optimizer in HYBRID_FO,
-             f"--hybrid-fo-optimizer must be one of {', '.join(HYBRID_FO)}"),
-            (0 < self.resolved_fo_lr() <= 1, f"--hybrid-fo-lr must be in (0, 1], got {self.resolved_fo_lr()}"),
             (self.profile_batches >= 1, f"--profile-batches must be >= 1, got {self.profile_batches}"),
-            (self.profile_metric in METRICS, f"--profile-metric must be one of {', '.join(METRICS)}"),
             (self.optimizer.lower() in ZERO_ORDER or not (self.zo_blocks or self.sparsity or self.hybrid_fo_budget),
              f"--zo-blocks, --sparsity and --hybrid-fo-budget apply to ZO optimizers, not {self.optimizer}"),
         ]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from l2lzo.errors import L2LZOError
+from l2lzo.errors import ConfigError, L2LZOError
+from l2lzo.optim.hyperparameters import check_eps, check_lr
 
 RECOMMENDED_KEYS = ("recommended_lr", "recommended_eps", "recommended_steps")
 MEZO_SIGMA = "sigma = 1 (MeZO)"
@@ -64,10 +64,12 @@ class PolicyArtifact:
         try:
             lr, eps = float(self.metadata["recommended_lr"]), float(self.metadata["recommended_eps"])
             steps = int(self.metadata["recommended_steps"])
+            check_lr(lr)
+            check_eps(eps)
+            if steps < 1:
+                raise ConfigError(f"steps must be >= 1, got {steps}")
         except ValueError as exc:
             raise L2LZOError(f"policy {self.label()} has malformed recommendations: {exc}") from exc
-        if not (0 < lr <= 1 and 0 < eps <= 1 and math.isfinite(lr) and math.isfinite(eps) and steps >= 1):
-            raise L2LZOError(f"policy {self.label()} recommends out-of-range lr={lr}, eps={eps}, steps={steps}")
         return {"lr": lr, "eps": eps, "steps": steps}
 
     def label(self) -> str:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks, group_blocks
+from l2lzo.errors import check_choice
 
 METRICS = ("taylor", "grad-norm")
 
@@ -38,8 +39,7 @@ class GroupImportance:
 def profile_layers(model: nn.Module, closures: Sequence[Callable[[], torch.Tensor]], metric: str = "taylor",
                    level: str = "layer") -> list[GroupImportance]:
     """Importance of every block group of ``model``'s trainable tensors, in model order."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown importance metric {metric!r}: choose one of {', '.join(METRICS)}")
+    check_choice("importance metric", metric, METRICS)
     blocks = discover_blocks(model)
     totals = torch.zeros(len(blocks), dtype=torch.float64)
 

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 import torch
 
 from l2lzo.blocks import Block
+from l2lzo.errors import ConfigError, check_choice
 from l2lzo.perturbation import PerturbationEngine, chunk_seed
 
 SPARSE_MODES = ("random", "magnitude")
 SPARSE_SCOPES = ("layer", "global")
 _BITS = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
+# Mask seeds are chunk_seed(run seed, step, _MASK_STREAM): a stream no query index reaches, so masks share no
+# seed with the noise, and runs whose seeds differ by a multiple of the resample interval get different masks.
+_MASK_STREAM = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,11 @@ class SparsityConfig:
 
     def __post_init__(self):
         if not 0 <= self.sparsity < 1:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.mode not in SPARSE_MODES:
-            raise ValueError(f"unknown sparse mode {self.mode!r}: choose one of {', '.join(SPARSE_MODES)}")
-        if self.scope not in SPARSE_SCOPES:
-            raise ValueError(f"unknown sparse scope {self.scope!r}: choose one of {', '.join(SPARSE_SCOPES)}")
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        check_choice("sparse mode", self.mode, SPARSE_MODES)
+        check_choice("sparse scope", self.scope, SPARSE_SCOPES)
         if self.resample_every < 1:
-            raise ValueError(f"resample_every must be >= 1, got {self.resample_every}")
+            raise ConfigError(f"sparse resample interval must be >= 1, got {self.resample_every}")
 
     @property
     def density(self) -> float:
@@ -82,10 +84,11 @@ class SparseMask:
     def resample(self, step: int) -> None:
         blocks = self.engine.blocks
         if self.config.mode == "random":
+            step_seed = chunk_seed(self.seed, step, _MASK_STREAM)
             for block in blocks:
                 for chunk in range(len(self.engine.chunks(block))):
                     numel = self._chunk_shape(block, chunk).numel()
-                    gen = torch.Generator().manual_seed(chunk_seed(self.seed + step, block.index, chunk))
+                    gen = torch.Generator().manual_seed(chunk_seed(step_seed, block.index, chunk))
                     keep = torch.zeros(numel, dtype=torch.bool)
                     keep[torch.randperm(numel, generator=gen)[: round(self.config.density * numel)]] = True
                     self._packed[(block.index, chunk)] = _pack(keep)

@@ -102,7 +102,7 @@ def test_batch_on_ray_matches_the_local_run(tiny_causal_dir, tmp_path):
     (["--tasks", " , "], "--tasks is empty"),
     (["--tasks", "a.jsonl,b/a.jsonl"], "names a task twice: a"),
     (["--tasks", "polarity", "--optimizer", "zo-nope"], "unknown optimizer"),
-    (["--tasks", "polarity", "--lr", "5"], "--lr must be in (0, 1]"),
+    (["--tasks", "polarity", "--lr", "5"], "lr must be in (0, 1]"),
     (["--tasks", "polarity", "--server", "ftp://x"], "--server must be an http(s) URL"),
 ])
 def test_bad_batch_input_is_one_line(capsys, tmp_path, monkeypatch, argv, message):

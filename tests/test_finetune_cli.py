@@ -11,7 +11,7 @@ import pytest
 
 from l2lzo.cli import main
 from l2lzo.finetune import FinetuneConfig, finetune
-from l2lzo.models import CAUSAL, tiny_model
+from l2lzo.models import CAUSAL, ENCODER, tiny_model
 from l2lzo.tasks import load_task
 
 
@@ -59,9 +59,9 @@ def run_cli(capsys, *argv):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--optimizer", "adamw"], "unknown optimizer 'adamw'"),
     (["--scheme", "qlora"], "unknown scheme 'qlora'"),
-    (["--lr", "0"], "--lr must be in (0, 1]"),
-    (["--lr", "5"], "--lr must be in (0, 1]"),
-    (["--eps", "-1"], "--eps must be in (0, 1]"),
+    (["--lr", "0"], "lr must be in (0, 1]"),
+    (["--lr", "5"], "lr must be in (0, 1]"),
+    (["--eps", "-1"], "eps must be in (0, 1]"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--task", "no_such_task"], "unknown task 'no_such_task'"),
     (["--model", "no-such-org/no-such-model"], "cannot be loaded"),
@@ -113,3 +113,14 @@ def test_time_budget_stops_early_with_a_final_eval(tmp_path):
     result = finetune(config, loaded=tiny_model(CAUSAL), splits=splits, progress=False)
     assert result.steps_done == 1 and [e["step"] for e in result.evals] == [0, 1]
     assert 0 < result.train_seconds < 5
+
+
+@pytest.mark.parametrize("family", [CAUSAL, ENCODER])
+def test_forward_grad_finetunes_both_model_families(tmp_path, family):
+    task = write_task(tmp_path / "toy.jsonl")
+    config = FinetuneConfig(model="tiny", task=str(task), optimizer="forward-grad", steps=3, eval_every=3,
+                            batch_size=4, lr=1e-3, train_size=8, dev_size=8, test_size=8,
+                            output=str(tmp_path / "run.json"))
+    splits = load_task(str(task), train_size=8, dev_size=8, test_size=8)
+    result = finetune(config, loaded=tiny_model(family), splits=splits, progress=False)
+    assert result.steps_done == 3 and result.final_test["examples"] == 8

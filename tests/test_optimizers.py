@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from l2lzo.errors import L2LZOError
-from l2lzo.models import CAUSAL, tiny_model
+from l2lzo.finetune import FinetuneConfig, grouped_loss
+from l2lzo.models import CAUSAL, ENCODER, tiny_model
 from l2lzo.optim import OPTIMIZERS, ZOSGD, ForwardGrad, ZOSGDConservative, build_optimizer
 from l2lzo.perturbation import Direction
+from l2lzo.policy import PolicyArtifact
 from l2lzo.schemes import apply_scheme
+from l2lzo.scoring import Scorer
 
 
 def regression_problem(seed: int = 0):
@@ -153,3 +159,42 @@ def test_unknown_optimizer_and_empty_parameter_set():
         build_optimizer("zo-sgd", model, lr=1e-3)
     with pytest.raises(L2LZOError, match="no trainable parameters"):
         build_optimizer("fo-sgd", model, lr=1e-3)
+
+
+@pytest.mark.parametrize("family", [CAUSAL, ENCODER])
+def test_forward_grad_matches_autograd_on_a_transformer(family, label_word_examples):
+    """SDPA attention has no forward-mode AD on CPU: Forward-Grad must still give grad . (sigma z)."""
+    loaded = tiny_model(family)
+    closure = grouped_loss(Scorer(loaded), label_word_examples)
+    opt = ForwardGrad(loaded.model, lr=1e-3, seed=4)
+    sigma = 0.5 + torch.rand(len(opt.blocks), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    opt.set_sigma(sigma)
+    (direction,), _ = opt.estimate(closure)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(closure(), [b.param for b in opt.blocks])
+    want = sum(float(sigma[b.index]) * (g * opt.engine.noise(direction.seed, b)).sum()
+               for g, b in zip(grads, opt.blocks, strict=True))
+    torch.testing.assert_close(torch.tensor(direction.coeff), want.detach(), rtol=1e-3, atol=1e-6)
+
+
+def test_one_lr_and_eps_rule_everywhere():
+    """The fine-tune config, every optimizer builder and a policy's recommendations accept the same ranges."""
+    model, _ = regression_problem()
+
+    def policy_recommending(lr, eps):
+        metadata = {"recommended_lr": str(lr), "recommended_eps": str(eps), "recommended_steps": "10"}
+        return PolicyArtifact(Path("p"), "m", 1, "0" * 64, metadata).recommended()
+
+    for lr, eps in ((2.0, 1e-3), (0.0, 1e-3), (float("nan"), 1e-3), (1e-3, 2.0), (1e-3, 0.0)):
+        checks = [partial(FinetuneConfig(lr=lr, eps=eps).validate),
+                  partial(build_optimizer, "zo-sgd", model, lr=lr, eps=eps),
+                  partial(build_optimizer, "forward-grad", model, lr=lr, eps=eps),
+                  partial(policy_recommending, lr, eps)]
+        if eps == 1e-3:  # first-order optimizers have no eps
+            checks.append(partial(build_optimizer, "fo-adam", model, lr=lr))
+        messages = set()
+        for check in checks:
+            with pytest.raises(L2LZOError) as info:
+                check()
+            messages.add(str(info.value).split(": ", 1)[-1])
+        assert len(messages) == 1, messages

@@ -163,6 +163,17 @@ def test_masks_are_resampled_every_n_steps(label_word_examples):
     assert not torch.equal(masks[1], masks[2])
 
 
+def test_mask_seeds_of_different_runs_never_collide():
+    """Runs whose seeds differ by a multiple of the resample interval must not share masks."""
+    loaded = tiny_model(CAUSAL)
+    masks = []
+    for seed, step in ((0, 100), (100, 0)):
+        opt = ZOSGD(loaded.model, lr=1e-3, seed=seed, sparsity=SparsityConfig(0.5, resample_every=100))
+        opt.mask.resample(step)
+        masks.append(opt.mask(opt.blocks[1], 0).clone())
+    assert not torch.equal(*masks)
+
+
 def test_sparsity_config_rejects_bad_values():
     for kwargs in ({"sparsity": 1.0}, {"sparsity": -0.1}, {"sparsity": 0.5, "mode": "top"},
                    {"sparsity": 0.5, "scope": "row"}, {"sparsity": 0.5, "resample_every": 0}):
@@ -230,9 +241,9 @@ def test_finetune_hybrid_records_the_fo_set_and_profile(tmp_path, label_word_exa
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--optimizer", "fo-adam", "--sparsity", "0.5"], "apply to ZO optimizers"),
-    (["--sparsity", "1"], "--sparsity must be in [0, 1)"),
+    (["--sparsity", "1"], "sparsity must be in [0, 1)"),
     (["--hybrid-fo-budget", "1"], "--hybrid-fo-budget must be in [0, 1)"),
-    (["--sparse-resample", "0"], "--sparse-resample must be >= 1"),
+    (["--sparse-resample", "0"], "sparse resample interval must be >= 1"),
 ])
 def test_bad_structure_options_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks
-from l2lzo.errors import L2LZOError
+from l2lzo.errors import L2LZOError, check_choice
 from l2lzo.noise import check_noise
 from l2lzo.optim.first_order import FOSGD, FOAdam
 from l2lzo.optim.forward_grad import ForwardGrad
 from l2lzo.optim.hybrid import HybridZOFO
+from l2lzo.optim.hyperparameters import check_lr
 from l2lzo.optim.zeroth_order import (
     ZOSGD,
     ZeroOrderOptimizer,
@@ -54,10 +55,8 @@ __all__ = [
 
 def optimizer_class(name: str) -> type:
     """The class behind an optimizer name (case-insensitive); ``L2LZOError`` listing the choices if unknown."""
-    try:
-        return OPTIMIZERS[name.lower()]
-    except KeyError:
-        raise L2LZOError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}") from None
+    check_choice("optimizer", name.lower(), OPTIMIZERS)
+    return OPTIMIZERS[name.lower()]
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-3, n_queries: int = 1,
@@ -83,6 +82,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, eps: float = 1e-3, n
         return HybridZOFO(zo, HYBRID_FO[fo_optimizer]([b.param for b in fo_blocks], lr=fo_lr))
     if group_level or sparsity or fo_blocks:
         raise L2LZOError(f"block-wise, sparse and hybrid options apply to ZO optimizers, not {name!r}")
+    check_lr(lr)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise L2LZOError("no trainable parameters: the fine-tuning scheme left nothing to optimize")

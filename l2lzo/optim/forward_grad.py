@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch.autograd.forward_ad as fwAD
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from l2lzo.blocks import Block
 from l2lzo.optim.zeroth_order import Closure, ZeroOrderOptimizer
@@ -17,6 +18,9 @@ class ForwardGrad(ZeroOrderOptimizer):
     The directional derivative is exact (no finite difference), so ``eps`` is unused. The tangent
     of each block is materialized while its module runs (forward-mode AD needs it as a tensor), so
     this costs more memory than SPSA; the update regenerates z from the seed like ZO-SGD.
+
+    The closure runs with scaled-dot-product attention pinned to its math backend: the fused CPU kernels
+    (flash, memory-efficient) have no forward-mode derivative, and transformers uses SDPA by default.
     """
 
     def __init__(self, *args, **kwargs):
@@ -34,7 +38,7 @@ class ForwardGrad(ZeroOrderOptimizer):
                     tangent = self.engine.noise(seed, block) * float(self.engine.sigma[block.index])
                     return fwAD.make_dual(block.param.detach(), tangent)
 
-                with self.engine.swapped(dual):
+                with self.engine.swapped(dual), sdpa_kernel(SDPBackend.MATH):
                     loss = closure()
                 primal, tangent = fwAD.unpack_dual(loss)
             derivative = float(tangent) if tangent is not None else 0.0
