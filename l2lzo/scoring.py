@@ -39,7 +39,8 @@ class EncodedBatch:
     labels: torch.Tensor
     mode: str  # "single_token", "candidate" or "similarity"
     option_count: int = 0  # options per example
-    option_inputs: dict[str, torch.Tensor] | None = None  # similarity mode: the options' tokens
+    option_inputs: dict[str, torch.Tensor] | None = None  # similarity mode: the distinct options' tokens
+    option_index: torch.Tensor | None = None  # similarity mode: (examples, options) rows of option_inputs
     option_token_ids: torch.Tensor | None = None  # single-token mode: (examples, options) token ids
     candidate_mask: torch.Tensor | None = None  # candidate mode: which kept positions score the option
     candidate_targets: torch.Tensor | None = None  # candidate mode: the token to predict at each
@@ -117,10 +118,12 @@ class Scorer:
                                    max_length=self.max_length))
 
     def _encode_similarity(self, examples: Sequence[Example], labels: torch.Tensor) -> EncodedBatch:
-        options = [o.strip() for e in examples for o in e.options]
+        # Each distinct option is embedded once per batch: classification labels repeat in every example.
+        distinct: dict[str, int] = {}
+        index = [[distinct.setdefault(o.strip(), len(distinct)) for o in e.options] for e in examples]
         return EncodedBatch(
             self._tokenize([e.prompt for e in examples]), labels, "similarity", len(examples[0].options),
-            option_inputs=self._tokenize(options),
+            option_inputs=self._tokenize(list(distinct)), option_index=torch.tensor(index),
         )
 
     # ---- scoring -----------------------------------------------------------------------------------
@@ -139,8 +142,7 @@ class Scorer:
             mean_logp = (token_logp * mask).sum(1) / mask.sum(1)
             return mean_logp.view(-1, batch.option_count)
         prompts = F.normalize(_mean_pool(model, batch.inputs), dim=-1)
-        options = F.normalize(_mean_pool(model, batch.option_inputs), dim=-1)
-        options = options.view(prompts.shape[0], batch.option_count, -1)
+        options = F.normalize(_mean_pool(model, batch.option_inputs), dim=-1)[batch.option_index]
         return torch.einsum("bh,boh->bo", prompts, options) / ENCODER_TEMPERATURE
 
     def loss(self, batch: EncodedBatch) -> torch.Tensor:

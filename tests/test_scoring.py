@@ -95,3 +95,15 @@ def test_evaluate_does_not_depend_on_the_batch_size(architecture):
     one, many = scorer.evaluate(examples, batch_size=1), scorer.evaluate(examples, batch_size=3)
     assert one["accuracy"] == many["accuracy"]
     assert one["loss"] == pytest.approx(many["loss"], rel=1e-5)
+
+
+def test_similarity_embeds_each_distinct_option_once_with_the_same_scores(tiny_encoder):
+    scorer = Scorer(tiny_encoder)
+    examples = [Example(f"text {i}", ("no", "yes"), i % 2) for i in range(6)] + [Example("odd", ("yes", "maybe"), 0)]
+    batch = scorer.encode(examples)
+    assert batch.option_inputs["input_ids"].shape[0] == 3  # no, yes, maybe
+    with torch.no_grad():
+        scores = scorer.option_scores(batch)
+        for i, example in enumerate(examples):
+            torch.testing.assert_close(scores[i], scorer.option_scores(scorer.encode([example]))[0],
+                                       rtol=1e-5, atol=1e-5)
