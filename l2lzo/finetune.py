@@ -21,6 +21,9 @@ from l2lzo.models import LoadedModel, fingerprint, load_model
 from l2lzo.noise import check_noise
 from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries, check_unit_interval
+from l2lzo.policy import PolicyArtifact
+from l2lzo.policy_net import LearnedSigma
+from l2lzo.policy_source import parse_policy_spec, resolve_policy
 from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
 from l2lzo.schemes import apply_scheme, check_scheme
 from l2lzo.scoring import Scorer
@@ -69,10 +72,20 @@ class FinetuneConfig:
     hybrid_fo_lr: float | None = None  # None: DEFAULT_LR for (fo, scheme)
     profile_batches: int = 4
     profile_metric: str = "taylor"
+    # The learned perturbation policy (l2lzo.policy_source): FILE, MODEL[@VERSION] or auto; None: sigma = 1.
+    # Without --lr, a policy's recommended lr is used.
+    policy: str | None = None
+    server: str | None = None  # policy service URL (else the local registry)
+    registry: str | None = None  # local registry root (default: $L2LZO_REGISTRY, else the XDG data dir)
 
-    def resolved_lr(self) -> float:
+    def resolved_lr(self, policy: PolicyArtifact | None = None) -> float:
+        """--lr, else the policy's recommended lr, else ``DEFAULT_LR`` for (optimizer kind, scheme)."""
+        if self.lr is not None:
+            return self.lr
+        if policy is not None:
+            return policy.recommended()["lr"]
         kind = "zo" if self.optimizer.lower() in ZERO_ORDER else "fo"
-        return self.lr if self.lr is not None else DEFAULT_LR[(kind, self.scheme)]
+        return DEFAULT_LR[(kind, self.scheme)]
 
     def resolved_fo_lr(self) -> float:
         return self.hybrid_fo_lr if self.hybrid_fo_lr is not None else DEFAULT_LR[("fo", self.scheme)]
@@ -103,6 +116,13 @@ class FinetuneConfig:
         SparsityConfig(self.sparsity, self.sparse_mode, self.sparse_scope, self.sparse_resample)
         if self.zo_blocks is not None:
             check_choice("group level", self.zo_blocks, GROUP_LEVELS)
+        if self.policy is not None:
+            parse_policy_spec(self.policy)
+            zo = ZERO_ORDER.get(self.optimizer.lower())
+            if zo is None:
+                raise L2LZOError(f"--policy shapes ZO perturbations; {self.optimizer} is a first-order optimizer")
+            if zo.sigma_meaning is not None:
+                raise L2LZOError(f"--policy does not apply to {self.optimizer}: {zo.sigma_meaning}")
         check_choice("hybrid FO optimizer", self.hybrid_fo_optimizer, HYBRID_FO)
         check_unit_interval("hybrid FO lr", self.resolved_fo_lr())
         check_choice("importance metric", self.profile_metric, METRICS)
@@ -143,6 +163,9 @@ class FinetuneResult:
     structure: dict = field(default_factory=dict)  # FO set and profile (hybrid), mask memory (sparse)
     steps_done: int = 0
     train_seconds: float = 0.0  # optimizer steps plus profiling, without evals
+    policy: dict | None = None  # the learned policy used (model, version, sha256, ...); None: sigma = 1
+    policy_seconds_per_step: float = 0.0  # time the policy took per step (features and network)
+    final_sigma: dict[str, float] = field(default_factory=dict)  # the policy's sigma at the last step, by block
 
 
 def peak_rss_mb() -> float:
@@ -208,7 +231,9 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
                                  dev_size=config.dev_size, test_size=config.test_size)
     if not splits.train or not splits.dev:
         raise L2LZOError(f"task {config.task!r} has too few examples for train and dev splits")
-    loaded = apply_scheme(loaded or load_model(config.model), config.scheme)
+    loaded = loaded or load_model(config.model)
+    policy = _resolve_policy(config, loaded) if config.policy else None
+    loaded = apply_scheme(loaded, config.scheme)
     model = loaded.model
     scorer = Scorer(loaded, max_length=config.max_length)
     structure: dict = {}
@@ -227,7 +252,9 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         fo_blocks = [b for name in fo_groups for b in groups[name]]
         structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
                      "profile_seconds": profile_seconds, "profile": profile_records(profile)}
-    optimizer = build_optimizer(config.optimizer, model, lr=config.resolved_lr(), eps=config.eps,
+    lr = config.resolved_lr(policy)
+    check_lr(lr)
+    optimizer = build_optimizer(config.optimizer, model, lr=lr, eps=config.eps,
                                 n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
                                 sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
                                 fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
@@ -235,13 +262,21 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     out_path = config.output_path()
     checkpoint = BestCheckpoint(out_path.with_suffix(".best.safetensors"))
     result = FinetuneResult(
-        config={**asdict(config), "lr": config.resolved_lr()},
+        config={**asdict(config), "lr": lr},
         model_fingerprint=fingerprint(model),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         task_source=splits.info.source,
         checkpoint=str(checkpoint.path),
         structure=structure,
     )
+    sigma_policy = None
+    network = policy.network() if policy is not None else None
+    if network is not None:
+        sigma_policy = LearnedSigma(network, config.scheme, total_steps=config.steps)
+        optimizer.set_sigma_hook(sigma_policy)
+        result.policy = policy.summary()
+    elif policy is not None:  # hyperparameters only: recorded, sigma = 1
+        result.policy = policy.summary()
     result.initial_test = scorer.evaluate(splits.test)
     best_dev = _record_eval(result, scorer, splits, step=0, train_loss=None)
     checkpoint.save(model)
@@ -279,10 +314,21 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     if config.zo_blocks:
         result.structure["zo_groups"] = len(zo.groups)
     result.median_step_seconds = statistics.median(step_times)
+    if sigma_policy is not None:
+        result.policy_seconds_per_step = sigma_policy.seconds / max(len(step_times), 1)
+        result.final_sigma = sigma_policy.last_sigma
     result.peak_rss_mb = peak_rss_mb()
     result.wall_seconds = time.perf_counter() - start
     write_json(out_path, asdict(result))
     return result
+
+
+def _resolve_policy(config: FinetuneConfig, loaded: LoadedModel) -> PolicyArtifact | None:
+    """The policy ``config.policy`` names for this (base) model; one-line errors, a warning for none."""
+    # A local folder has no registry id: its policy can only be found by its architecture fingerprint.
+    model_id = None if Path(config.model).expanduser().exists() else config.model
+    return resolve_policy(config.policy, model_id=model_id, fingerprint=fingerprint(loaded.model),
+                          server=config.server, registry_root=config.registry)
 
 
 def profile_task(scorer: Scorer, train: list[Example], config: FinetuneConfig) -> list[GroupImportance]:

@@ -221,6 +221,22 @@ class PerturbationEngine:
             self._combine(out, None, block, chunk, directions, sigma)
             yield block, rows, out
 
+    @torch.no_grad()
+    def inner_products(self, seed: int, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """<tensors[b], z_b(seed)> for every block (float64, one per block; 0 where the tensor is None).
+
+        The meta-trainer projects a gradient on the directions a ZO run took, without storing them.
+        """
+        out = torch.zeros(len(self.blocks), dtype=torch.float64)
+        for block, tensor in zip(self.blocks, tensors, strict=True):
+            if tensor is None:
+                continue
+            for chunk in range(len(self._chunks[block.index])):
+                z = self.noise_chunk(seed, block, chunk).flatten().double()
+                rows = rows_view(tensor, self.chunk_rows(block, chunk)).flatten().double()
+                out[block.index] += float(torch.dot(z, rows))
+        return out
+
     # ---- perturbed forwards ------------------------------------------------------------------------
 
     def _is_large(self, block: Block, module: nn.Module, attr: str, kind: type[nn.Module]) -> bool:

@@ -2,11 +2,9 @@
 
 A policy artifact is one ``.safetensors`` file from the registry: the policy's tensors plus string metadata
 (base model and fingerprint, feature spec, recommended lr / eps / steps, ...; see ``../shared/DESIGN.md``).
-This version of l2lzo verifies and reads artifacts and applies their recommended hyperparameters; it
-cannot execute the policy network yet (that arrives with the meta-trainer), so every plan perturbs with
-sigma = 1 (MeZO) and says so. The network plugs in at ``OptimizerPlan``: it will carry the executable
-policy next to the artifact, and the fine-tune loop will feed its per-block sigmas to
-``ZeroOrderOptimizer.set_sigma`` each step.
+``PolicyArtifact.network()`` rebuilds the executable policy (``l2lzo.policy_net``) from it; the fine-tune
+loop runs it through ``ZeroOrderOptimizer.set_sigma_hook``. An artifact whose feature spec says
+``{"kind": "uniform"}`` carries hyperparameters only and perturbs with sigma = 1.
 """
 
 from __future__ import annotations
@@ -51,6 +49,48 @@ class PolicyArtifact:
         artifact.recommended()  # fail now, not halfway through a batch
         return artifact
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> PolicyArtifact:
+        """A policy file given by path (not from a registry): its sha256 is computed, its model read from it."""
+        path = Path(path).expanduser()
+        try:
+            sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise L2LZOError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+        artifact = cls.load(path, model="?", version=0, sha256=sha256)
+        return cls(path=path, model=artifact.metadata.get("base_model", "?"), version=0, sha256=sha256,
+                   metadata=artifact.metadata)
+
+    @property
+    def is_learned(self) -> bool:
+        """Whether the artifact holds a policy network (and not only hyperparameters)."""
+        spec = _json_or_text(self.metadata.get("feature_spec"))
+        return isinstance(spec, dict) and spec.get("kind") == "learned"
+
+    def network(self):
+        """The executable ``PerturbationPolicy``, or None for a hyperparameters-only artifact.
+
+        ``L2LZOError`` in one line if the tensors are missing, damaged or made for other features.
+        """
+        if not self.is_learned:
+            return None
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        from l2lzo.policy_net import PerturbationPolicy
+
+        try:
+            return PerturbationPolicy.from_arrays(load_file(str(self.path)), json.loads(self.metadata["feature_spec"]))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise L2LZOError(f"policy {self.label()} cannot be loaded: {exc}") from exc
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """``L2LZOError`` unless the policy was trained for a model with this architecture fingerprint."""
+        if self.fingerprint != fingerprint:
+            raise L2LZOError(f"policy {self.label()} was trained for fingerprint {str(self.fingerprint)[:12]}..., "
+                             f"but this model's is {fingerprint[:12]}...: a policy only transfers within one "
+                             "architecture")
+
     @property
     def fingerprint(self) -> str | None:
         """Fingerprint of the base model the policy was trained for."""
@@ -73,12 +113,14 @@ class PolicyArtifact:
         return {"lr": lr, "eps": eps, "steps": steps}
 
     def label(self) -> str:
+        if self.version == 0:  # a file, not a registry version
+            return f"{self.path} (sha256 {self.sha256[:12]})"
         return f"{self.model}@{self.version} (sha256 {self.sha256[:12]})"
 
     def summary(self) -> dict:
         """What a results file records about the policy."""
-        return {"model": self.model, "version": self.version, "sha256": self.sha256,
-                "fingerprint": self.fingerprint, "recommended": self.recommended(),
+        return {"model": self.model, "version": self.version, "sha256": self.sha256, "path": str(self.path),
+                "fingerprint": self.fingerprint, "learned": self.is_learned, "recommended": self.recommended(),
                 "feature_spec": _json_or_text(self.metadata.get("feature_spec"))}
 
 
@@ -95,7 +137,8 @@ class OptimizerPlan:
 
     @property
     def perturbation(self) -> str:
-        # The only perturbation this version can execute; see the module docstring.
+        if self.policy is not None and self.policy.is_learned:
+            return f"learned policy {self.policy.label()}"
         return MEZO_SIGMA
 
     def describe(self) -> str:

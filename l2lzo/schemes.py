@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from l2lzo.errors import L2LZOError
+from l2lzo.errors import L2LZOError, check_choice
 from l2lzo.models import CAUSAL, LoadedModel
 
 SCHEMES = ("full", "lora", "prefix", "prompt")
@@ -26,8 +26,7 @@ class SchemeConfig:
 
 def check_scheme(scheme: str) -> None:
     """``L2LZOError`` listing the choices if ``scheme`` is not one of ``SCHEMES``."""
-    if scheme not in SCHEMES:
-        raise L2LZOError(f"unknown scheme {scheme!r}: choose one of {', '.join(SCHEMES)}")
+    check_choice("scheme", scheme, SCHEMES)
 
 
 def apply_scheme(loaded: LoadedModel, scheme: str, config: SchemeConfig | None = None) -> LoadedModel:

@@ -15,9 +15,10 @@ from l2lzo.perturbation import Direction
 class ForwardGrad(ZeroOrderOptimizer):
     """theta -= lr * (dL/dv) * v with v = sigma * z, where dL/dv comes from forward-mode AD.
 
-    The directional derivative is exact (no finite difference), so ``eps`` is unused. The tangent
-    of each block is materialized while its module runs (forward-mode AD needs it as a tensor), so
-    this costs more memory than SPSA; the update regenerates z from the seed like ZO-SGD.
+    The directional derivative is exact (no finite difference), so ``eps`` only scales the (L+, L-) pair it
+    reports to a sigma policy (``last_losses``). The tangent of each block is materialized while its module
+    runs (forward-mode AD needs it as a tensor), so this costs more memory than SPSA; the update regenerates
+    z from the seed like ZO-SGD.
 
     The closure runs with scaled-dot-product attention pinned to its math backend: the fused CPU kernels
     (flash, memory-efficient) have no forward-mode derivative, and transformers uses SDPA by default.
@@ -46,6 +47,9 @@ class ForwardGrad(ZeroOrderOptimizer):
                 raise FloatingPointError(f"non-finite forward gradient at step {self.steps}")
             directions.append(Direction(seed, derivative / len(seeds)))
             losses.append(float(primal))
+            # What an SPSA pair at this eps would have seen: keeps a sigma policy's loss features comparable.
+            eps = self.hparams["eps"]
+            self.last_losses = (float(primal) + eps * derivative, float(primal) - eps * derivative)
         return directions, sum(losses) / len(losses)
 
     def apply(self, directions: list[Direction], closure: Closure) -> None:

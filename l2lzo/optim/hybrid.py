@@ -30,6 +30,10 @@ class HybridZOFO:
         if overlap:
             raise ValueError(f"{len(overlap)} tensors are in both the FO and the ZO set")
 
+    def set_sigma_hook(self, hook) -> None:
+        """The ZO part's sigma hook (it sees the ZO blocks only; see ``ZeroOrderOptimizer.set_sigma_hook``)."""
+        self.zo.set_sigma_hook(hook)
+
     def step(self, closure: Closure) -> float:
         self.fo.zero_grad(set_to_none=True)
         with torch.enable_grad(), _frozen(self.zo_params):

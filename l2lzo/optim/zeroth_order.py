@@ -11,23 +11,40 @@ Two options shape the estimate for every variant:
   attention/MLP part, or per tensor; see ``l2lzo.blocks.group_key``), each group perturbed alone with its
   own seed and updated by its own g. A step then costs 2 * n_queries * groups forwards.
 * ``sparsity`` (ZO-Bench gradient sparsity, Sparse-MeZO): z is masked (``l2lzo.sparsity``).
+
+Per-block scales sigma_b (the learned policy's output) enter through one seam, ``set_sigma_hook``: the hook is
+called once at the start of every step and its sigma, keyed by block name, serves L+, L- and the update.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks, group_blocks, rows_view
+from l2lzo.errors import ConfigError
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries
 from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
 from l2lzo.sparsity import SparseMask, SparsityConfig
 
 Closure = Callable[[], torch.Tensor | float]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a sigma hook sees at the start of a step."""
+
+    blocks: tuple[Block, ...]  # the blocks this optimizer perturbs (a hybrid's ZO share only)
+    step: int
+    losses: tuple[float, float] | None  # (L+, L-) of the previous step's last query; None before the first
+    eps: float
+
+
+SigmaHook = Callable[[StepInfo], Mapping[str, float]]
 
 
 class ZeroOrderOptimizer(torch.optim.Optimizer):
@@ -72,14 +89,35 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         self.seed = seed
         self.steps = 0
         self.last_losses: tuple[float, float] | None = None  # (L+, L-) of the last query: policy features
+        self.last_directions: list[Direction] = []  # the last step's estimate (seeds and g / n_queries)
+        self.sigma_hook: SigmaHook | None = None
+
+    # Whether a sigma hook's per-block scales mean what the learned policy assumes: an expected update of
+    # lr * sigma_b^2 * grad_b. Sign and Adam variants override this.
+    sigma_meaning: str | None = None
 
     @property
     def hparams(self) -> dict:
         return self.param_groups[0]
 
-    def set_sigma(self, sigma: torch.Tensor) -> None:
-        """Per-block perturbation scales (one per block in ``self.blocks``); 1 everywhere is MeZO."""
+    def set_sigma(self, sigma: torch.Tensor | Mapping[str, float]) -> None:
+        """Per-block perturbation scales: by block name, or one per block in ``self.blocks``; 1 is MeZO."""
+        if isinstance(sigma, Mapping):
+            missing = [b.name for b in self.blocks if b.name not in sigma]
+            if missing:
+                raise ValueError(f"sigma has no entry for {len(missing)} blocks, e.g. {missing[0]!r}")
+            sigma = [sigma[b.name] for b in self.blocks]
         self.engine.set_sigma(sigma)
+
+    def set_sigma_hook(self, hook: SigmaHook | None) -> None:
+        """Call ``hook(StepInfo)`` at the start of every step and perturb with the sigma it returns.
+
+        ``ConfigError`` for the variants where sigma's size does not scale the update (see ``sigma_meaning``).
+        """
+        if hook is not None and self.sigma_meaning is not None:
+            raise ConfigError(f"a learned sigma policy needs an update that scales with sigma_b^2; "
+                              f"{self.sigma_meaning}: use zo-sgd, zo-sgd-mmt, zo-sgd-cons or forward-grad")
+        self.sigma_hook = hook
 
     def query_seeds(self) -> list[int]:
         """The seeds of this step's directions (deterministic in seed and step): queries x groups."""
@@ -109,7 +147,11 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         """One optimization step; returns the mean of the perturbed losses."""
         if self.mask is not None:
             self.mask.maybe_resample(self.steps)
+        if self.sigma_hook is not None:
+            self.set_sigma(self.sigma_hook(StepInfo(tuple(self.blocks), self.steps, self.last_losses,
+                                                    self.hparams["eps"])))
         directions, loss = self.estimate(closure)
+        self.last_directions = directions
         wd = self.hparams["weight_decay"]
         if wd:
             for block in self.blocks:
@@ -147,6 +189,8 @@ class ZOSGD(ZeroOrderOptimizer):
 class ZOSGDSign(ZeroOrderOptimizer):
     """ZO-SGD-Sign: theta -= lr * sign(estimate)."""
 
+    sigma_meaning = "zo-sgd-sign's update sign(g * sigma_b * z) ignores sigma's size"
+
     def apply(self, directions: list[Direction], closure: Closure) -> None:
         self._apply_chunkwise(lambda block, rows, grad: grad.sign_(), directions)
 
@@ -170,6 +214,8 @@ class ZOSGDMomentum(ZeroOrderOptimizer):
 
 class ZOAdam(ZeroOrderOptimizer):
     """ZO-Adam: Adam's moments on the ZO estimate (two buffers, bias-corrected)."""
+
+    sigma_meaning = "zo-adam divides each coordinate by its own running scale, which cancels sigma's size"
 
     def __init__(self, model: nn.Module, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                  **kwargs):

@@ -1,0 +1,119 @@
+"""What a meta-training run is: the base model, the task pools, the episodes, the meta-optimizer and Ray.
+
+Task pools are disjoint and recorded in the artifact. ``META_TRAIN_TASKS`` give the episodes;
+``VALIDATION_TASKS`` score the policy while it trains and pick the lr it recommends (their train and dev
+splits only). ``EVALUATION_TASKS`` are never touched by meta-training: ``benchmarks/policy_eval.py`` and the
+main job report on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from l2lzo.errors import ConfigError
+from l2lzo.finetune import DEFAULT_LR
+from l2lzo.noise import check_noise
+from l2lzo.optim.hyperparameters import check_eps, check_lr
+from l2lzo.policy_net import PolicyConfig
+from l2lzo.schemes import check_scheme
+
+META_TRAIN_TASKS = (
+    "bb_cause_and_effect", "bb_winowhy", "bb_epistemic_reasoning", "bb_social_iqa", "bb_hyperbaton",
+    "bb_logical_fallacy_detection", "bb_snarks", "bb_date_understanding", "bb_disambiguation_qa",
+    "bb_implicatures", "bb_metaphor_boolean", "bb_movie_recommendation", "bb_temporal_sequences",
+    "bb_timedial", "bb_vitaminc_fact_verification", "bb_presuppositions_as_nli", "bb_anachronisms",
+    "bb_play_dialog_same_or_different", "bb_formal_fallacies_syllogisms_negation",
+)
+VALIDATION_TASKS = ("bb_intent_recognition", "bb_strategyqa")
+EVALUATION_TASKS = ("polarity", "bbc_news", "bb_multiemo", "bb_fact_checker", "bb_sports_understanding",
+                    "bb_navigate")
+
+
+@dataclass
+class MetaTrainConfig:
+    """A meta-training run (defaults: the main job's, about 6 minutes of meta-training on 2 cores)."""
+
+    model: str = "minilm-l6"
+    scheme: str = "full"
+    train_tasks: list[str] = field(default_factory=lambda: list(META_TRAIN_TASKS))
+    validation_tasks: list[str] = field(default_factory=lambda: list(VALIDATION_TASKS))
+    # Episodes: K ZO-SGD steps on train batches, then the loss on a different held-out batch of the same task.
+    meta_steps: int = 150
+    inner_steps: int = 4
+    reset_every: int = 25  # episodes on one trajectory (one task) before theta goes back to pretrained
+    lr: float | None = None  # the ZO lr of the look-ahead; None: l2lzo's default for (zo, scheme)
+    eps: float = 1e-3
+    noise: str = "pool"
+    batch_size: int = 16
+    heldout_batch_size: int = 32
+    train_size: int = 256
+    max_length: int = 64
+    meta_lr: float = 0.02
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # Scoring while training: ZO runs of validation_steps steps on the validation tasks, policy vs sigma = 1.
+    validate_every: int = 50
+    validation_steps: int = 20
+    # At the end: short fine-tunes on the validation tasks at each lr of lr_grid (default [lr]); the best
+    # policy dev loss picks the recommended lr.
+    final_steps: int = 60
+    lr_grid: list[float] | None = None
+    # Ray
+    workers: int = 1
+    threads: int | None = None  # torch threads per worker (default: the CPUs Ray sees / workers)
+    address: str | None = None
+    checkpoint_every: int = 25
+    max_failures: int = 2
+    # Where it goes
+    output: str | None = None  # run folder (default results/meta_train/<model>_<scheme>)
+    registry: str | None = None
+    server: str | None = None
+    token_file: str | None = None
+    push: bool = True
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[("zo", self.scheme)]
+
+    def resolved_lr_grid(self) -> list[float]:
+        return list(self.lr_grid) if self.lr_grid else [self.resolved_lr()]
+
+    def output_path(self) -> Path:
+        if self.output:
+            return Path(self.output)
+        return Path("results") / "meta_train" / f"{self.model}_{self.scheme}".replace("/", "-")
+
+    def validate(self) -> None:
+        """Ranges and names, before anything slow starts; one-line ``ConfigError``s."""
+        check_scheme(self.scheme)
+        check_noise(self.noise)
+        check_lr(self.resolved_lr())
+        for lr in self.resolved_lr_grid():
+            check_lr(lr)
+        check_eps(self.eps)
+        if not self.train_tasks or not self.validation_tasks:
+            raise ConfigError("meta-training needs at least one train task and one validation task")
+        overlap = sorted(set(self.train_tasks) & set(self.validation_tasks))
+        if overlap:
+            raise ConfigError(f"train and validation task pools must be disjoint; both have {', '.join(overlap)}")
+        positive = {"meta_steps": self.meta_steps, "inner_steps": self.inner_steps, "reset_every": self.reset_every,
+                    "batch_size": self.batch_size, "heldout_batch_size": self.heldout_batch_size,
+                    "train_size": self.train_size, "validate_every": self.validate_every,
+                    "validation_steps": self.validation_steps, "final_steps": self.final_steps,
+                    "workers": self.workers, "checkpoint_every": self.checkpoint_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 1, got {value}")
+        if not self.meta_lr > 0:
+            raise ConfigError(f"meta lr must be > 0, got {self.meta_lr}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MetaTrainConfig:
+        data = dict(data)
+        data["policy"] = PolicyConfig(**data.get("policy", {}))
+        return cls(**data)

@@ -1,0 +1,58 @@
+"""A whole meta-training run: Ray (train or sweep), curves, held-out validation, artifact, registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from l2lzo.files import atomic_write_bytes, write_json
+from l2lzo.models import fingerprint, load_model
+from meta_train import driver
+from meta_train.artifact import build_policy_artifact, publish
+from meta_train.config import MetaTrainConfig
+from meta_train.plots import plot_history
+from meta_train.validation import final_validation
+
+
+def run(config: MetaTrainConfig, *, resume: str | None = None, sweep_samples: int = 0,
+        say: Callable[[str], None] = print) -> dict:
+    """Meta-train (or sweep), validate on the held-out pool, write and publish the artifact; a summary."""
+    config.validate()
+    out = config.output_path()
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_trials = None
+    if sweep_samples:
+        say(f"sweep: {sweep_samples} trials (ASHA on the held-out gap) in {out / 'sweep'}")
+        config, state, sweep_trials = driver.sweep(config, sweep_samples)
+        say(f"best trial: meta lr {config.meta_lr:.4g}, lr {config.resolved_lr():.3g}, eps {config.eps:g}")
+    else:
+        name = driver.run_name(resume)
+        say(f"run {name} in {out / 'ray'} ({config.workers} worker(s)); continue it with --resume {name}")
+        state = driver.train(config, name)
+    write_json(out / "history.json", state.history)
+    plot_history(state.history, out / "meta_training.png", f"{config.model} ({config.scheme}): meta-training")
+
+    base_fingerprint = fingerprint(load_model(config.model).model)  # the base model's, before the scheme
+    draft = build_policy_artifact(state.policy, config, fingerprint=base_fingerprint,
+                                  recommended_lr=config.resolved_lr(), metrics={})
+    atomic_write_bytes(out / "policy.draft.safetensors", draft)
+    say(f"held-out validation on {', '.join(config.validation_tasks)} ({config.final_steps} steps, "
+        f"lr grid {config.resolved_lr_grid()})")
+    validation = final_validation(config, out / "policy.draft.safetensors", out / "validation", say=say)
+    gaps = [h["heldout_gap"] for h in state.history if "policy_loss" in h]
+    metrics = {"validation": validation, "heldout_gap_curve": gaps, "meta_steps": state.meta_step,
+               "sweep": sweep_trials}
+    data = build_policy_artifact(state.policy, config, fingerprint=base_fingerprint,
+                                 recommended_lr=validation["recommended_lr"], metrics=metrics,
+                                 history_tail=state.history[-5:])
+    atomic_write_bytes(out / "policy.safetensors", data)
+    (out / "policy.draft.safetensors").unlink(missing_ok=True)
+    summary = {"artifact": str(out / "policy.safetensors"), "bytes": len(data),
+               "policy_numbers": state.policy.numbers, "recommended_lr": validation["recommended_lr"],
+               "validation": validation, "published": publish(data, config) if config.push else None}
+    write_json(out / "summary.json", summary)
+    say(f"policy: {state.policy.numbers} numbers, {len(data)} bytes -> {summary['artifact']}"
+        + (f", pushed as {summary['published']}" if summary["published"] else ""))
+    say(f"validation at lr {validation['recommended_lr']:g}: dev loss policy {validation['dev_loss_policy']:.4f} "
+        f"vs sigma=1 {validation['dev_loss_mezo']:.4f}; policy wins {validation['wins']}/"
+        f"{validation['runs_at_recommended_lr']}")
+    return summary

@@ -1,0 +1,134 @@
+"""The meta-trainer: the meta-gradient against finite differences, the loop, checkpoints and resume, config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from l2lzo.blocks import discover_blocks
+from l2lzo.errors import ConfigError
+from l2lzo.finetune import grouped_loss
+from l2lzo.models import CAUSAL, tiny_model
+from l2lzo.optim import ZOSGD
+from l2lzo.policy_net import LearnedSigma, PerturbationPolicy
+from l2lzo.scoring import Scorer
+from l2lzo.tasks import Example
+from meta_train.config import EVALUATION_TASKS, META_TRAIN_TASKS, VALIDATION_TASKS, MetaTrainConfig
+from meta_train.episodes import Trajectory
+from meta_train.loop import LocalRuntime, meta_train_loop
+from meta_train.objective import look_ahead
+
+BATCHES = [[Example(f"item {i} {j}. It was", ("n", "y"), (i + j) % 2) for j in range(4)] for i in range(3)]
+HELDOUT = [Example(f"other {j}. It was", ("n", "y"), j % 2) for j in range(6)]
+
+
+def random_policy(seed: int = 0) -> PerturbationPolicy:
+    policy = PerturbationPolicy()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return policy
+
+
+class Recorder:
+    """A sigma hook that keeps what it was asked (to replay the same steps with other policy weights)."""
+
+    def __init__(self, inner: LearnedSigma):
+        self.inner, self.infos, self.keep_graph, self.graphs = inner, [], True, inner.graphs
+
+    def __call__(self, info):
+        self.infos.append(info)
+        return self.inner(info)
+
+
+def test_meta_gradient_matches_finite_differences_of_the_replayed_trajectory():
+    """d L_ho(theta_K) / d policy, with the SPSA scalars fixed, equals the slope of a replay under other weights."""
+    loaded = tiny_model(CAUSAL)
+    scorer = Scorer(loaded)
+    blocks = discover_blocks(loaded.model)
+    trajectory = Trajectory(blocks)
+    policy = random_policy()
+    optimizer = ZOSGD(loaded.model, lr=0.05, eps=1e-3, seed=3, blocks=blocks)
+    hook = Recorder(LearnedSigma(policy, "full", total_steps=len(BATCHES), keep_graph=True))
+    optimizer.set_sigma_hook(hook)
+    heldout = grouped_loss(scorer, HELDOUT)
+    result = look_ahead(optimizer, hook, [grouped_loss(scorer, b) for b in BATCHES], heldout)
+    result.surrogate.backward()
+
+    def replay() -> float:
+        trajectory.reset()
+        fresh = LearnedSigma(policy, "full", total_steps=len(BATCHES))
+        for info, directions in zip(hook.infos, result.directions, strict=True):
+            sigma = fresh(info)
+            optimizer.engine.add_([d.scaled(-0.05) for d in directions],
+                                  sigma=torch.tensor([sigma[b.name] for b in optimizer.blocks], dtype=torch.float64))
+        with torch.no_grad():
+            return float(heldout())
+
+    assert replay() == pytest.approx(result.meta_loss, abs=1e-6)  # the replay is the run
+    checked = 0
+    for name, param in policy.named_parameters():
+        flat, grad = param.data.view(-1), param.grad.view(-1)
+        index = int(grad.abs().argmax())
+        if abs(float(grad[index])) < 1e-4:
+            continue
+        h = 1e-2
+        flat[index] += h
+        plus = replay()
+        flat[index] -= 2 * h
+        minus = replay()
+        flat[index] += h
+        assert (plus - minus) / (2 * h) == pytest.approx(float(grad[index]), rel=0.05, abs=1e-5), name
+        checked += 1
+    assert checked >= 3
+
+
+def write_tasks(folder, count=3, n=48):
+    paths = []
+    for t in range(count):
+        rows = [{"text": f"{'good' if i % 2 else 'bad'} item {i} of set {t}", "label": "ab"[i % 2]} for i in range(n)]
+        path = folder / f"task{t}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(str(path))
+    return paths
+
+
+def tiny_config(tmp_path, **overrides) -> MetaTrainConfig:
+    tasks = write_tasks(tmp_path)
+    settings = dict(model="tiny", train_tasks=tasks[:2], validation_tasks=tasks[2:], meta_steps=6, inner_steps=2,
+                    reset_every=3, batch_size=4, heldout_batch_size=6, train_size=12, validate_every=3,
+                    validation_steps=2, checkpoint_every=2, lr=5e-3, meta_lr=0.05, final_steps=2)
+    settings.update(overrides)
+    return MetaTrainConfig(**settings)
+
+
+def test_the_loop_learns_checkpoints_and_resumes(tmp_path):
+    config = tiny_config(tmp_path)
+    runtime = LocalRuntime(tmp_path / "ckpt")
+    full = meta_train_loop(config, runtime, loaded=tiny_model(CAUSAL), progress=False)
+    assert [h["meta_step"] for h in full.history] == list(range(1, 7))
+    assert {"heldout_gap", "policy_loss", "mezo_loss"} <= set(full.history[2]) and "heldout_gap" in full.history[3]
+    assert any(h["sigma_max"] > h["sigma_min"] + 1e-3 for h in full.history)  # the policy moved off sigma = 1
+
+    # A run stopped after meta-step 4 (its last checkpoint) and resumed ends where an uninterrupted run does.
+    stopped = LocalRuntime(tmp_path / "ckpt2")
+    meta_train_loop(tiny_config(tmp_path, meta_steps=4), stopped, loaded=tiny_model(CAUSAL), progress=False)
+    resumed = meta_train_loop(config, stopped, loaded=tiny_model(CAUSAL), progress=False)
+    assert [h["meta_step"] for h in resumed.history] == list(range(1, 7))
+    assert len(stopped.reports) == 4 + 2  # only the missing meta-steps ran again
+
+
+def test_task_pools_are_disjoint_and_configs_are_checked(tmp_path):
+    assert not set(META_TRAIN_TASKS) & set(VALIDATION_TASKS)
+    assert not set(EVALUATION_TASKS) & (set(META_TRAIN_TASKS) | set(VALIDATION_TASKS))
+    with pytest.raises(ConfigError, match="disjoint"):
+        MetaTrainConfig(train_tasks=["a", "b"], validation_tasks=["b"]).validate()
+    with pytest.raises(ConfigError, match="inner steps must be >= 1"):
+        MetaTrainConfig(inner_steps=0).validate()
+    with pytest.raises(ConfigError, match="lr must be in"):
+        MetaTrainConfig(lr_grid=[1e-3, 5.0]).validate()
+    config = tiny_config(tmp_path)
+    assert MetaTrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
