@@ -213,6 +213,37 @@ def _run_finetune_batch(args) -> None:
     finetune_batch(config)
 
 
+def _add_policy(sub) -> None:
+    policy = sub.add_parser("policy", help="inspect learned policies")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    show = policy_sub.add_parser(
+        "show", help="a policy's provenance and the sigma it gives each block (text + PNG heatmap)",
+        description="Print a learned policy's provenance (base model, size, recommended lr/eps/steps, task pools, "
+                    "validation) and the sigma it gives each role and layer of its base model at the start of a "
+                    "run; write a PNG heatmap of sigma by layer x role.")
+    show.add_argument("spec", metavar="FILE|MODEL[@VERSION]")
+    show.add_argument("--model", default=None, help="load this model instead of the base model the policy names "
+                                                    "(same architecture fingerprint)")
+    show.add_argument("--registry", default=None, metavar="ROOT", help="local registry (default: $L2LZO_REGISTRY, ...)")
+    show.add_argument("--server", default=None, help="l2lzo service to fetch the policy from")
+    show.add_argument("--output", default=None, help="PNG path (default: results/policy_<model>_v<version>.png)")
+    show.set_defaults(func=_run_policy_show)
+
+
+def _run_policy_show(args) -> None:
+    from l2lzo.policy_show import describe, plot_sigma, sigma_table
+    from l2lzo.policy_source import open_policy
+
+    artifact = open_policy(args.spec, server=args.server, registry_root=args.registry)
+    scheme, rows = sigma_table(artifact, args.model)
+    print(describe(artifact, rows, scheme))
+    model = artifact.model.replace("/", "-")
+    path = Path(args.output or f"results/policy_{model}_v{artifact.version}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_sigma(rows, path, f"{artifact.label()}: sigma at the start of a run ({scheme})")
+    print(f"heatmap: {path}")
+
+
 def _run_tasks(args) -> None:
     from l2lzo.tasks import list_tasks
 
@@ -248,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_finetune_batch(sub)
     _add_profile_layers(sub)
+    _add_policy(sub)
     meta_train_cli.register(sub)
     registry_cli.register(sub)
     service_cli.register(sub)

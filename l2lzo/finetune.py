@@ -21,6 +21,7 @@ from l2lzo.models import LoadedModel, fingerprint, load_model
 from l2lzo.noise import check_noise
 from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries, check_unit_interval
+from l2lzo.optim.zeroth_order import SigmaHook
 from l2lzo.policy import PolicyArtifact
 from l2lzo.policy_net import LearnedSigma
 from l2lzo.policy_source import parse_policy_spec, resolve_policy
@@ -218,11 +219,14 @@ class BestCheckpoint:
 
 
 def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: TaskSplits | None = None,
-             progress: bool = True) -> FinetuneResult:
+             progress: bool = True, sigma_hook: SigmaHook | None = None) -> FinetuneResult:
     """Run one fine-tune and write its results JSON (and best checkpoint beside it).
 
     ``loaded`` / ``splits`` may be given to reuse an already loaded model or task (tests, batch jobs).
+    ``sigma_hook`` (instead of ``config.policy``) perturbs with any per-step sigma, e.g. a static baseline.
     """
+    if sigma_hook is not None and config.policy:
+        raise L2LZOError("give a policy or a sigma hook, not both")
     config.validate()
     start = time.perf_counter()
     random.seed(config.seed)
@@ -277,6 +281,9 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         result.policy = policy.summary()
     elif policy is not None:  # hyperparameters only: recorded, sigma = 1
         result.policy = policy.summary()
+    elif sigma_hook is not None:
+        optimizer.set_sigma_hook(sigma_hook)
+        result.policy = {"kind": "sigma hook", "hook": getattr(sigma_hook, "__qualname__", repr(sigma_hook))}
     result.initial_test = scorer.evaluate(splits.test)
     best_dev = _record_eval(result, scorer, splits, step=0, train_loss=None)
     checkpoint.save(model)

@@ -82,9 +82,7 @@ class PerturbationPolicy(nn.Module):
 
     def forward(self, blocks: BlockFeatures, step: torch.Tensor) -> torch.Tensor:
         """sigma (n,) float64 with sum_b d_b sigma_b^2 = sum_b d_b."""
-        sigma = torch.exp(self.log_shape(blocks, step).double())
-        d = blocks.numels
-        return sigma * torch.sqrt(d.sum() / (d * sigma.square()).sum())
+        return normalised(torch.exp(self.log_shape(blocks, step).double()), blocks.numels)
 
     @property
     def numbers(self) -> int:
@@ -116,6 +114,11 @@ class PerturbationPolicy(nn.Module):
         except (KeyError, TypeError, RuntimeError) as exc:
             raise ValueError(f"the policy's tensors do not match its spec: {exc}") from exc
         return policy.eval()
+
+
+def normalised(sigma: torch.Tensor, numels: torch.Tensor) -> torch.Tensor:
+    """``sigma`` rescaled so that sum_b d_b sigma_b^2 = sum_b d_b (d_b = ``numels``): a shape, not a size."""
+    return sigma * torch.sqrt(numels.sum() / (numels * sigma.square()).sum())
 
 
 class LearnedSigma:

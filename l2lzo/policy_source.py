@@ -54,6 +54,22 @@ def parse_policy_spec(spec: str) -> PolicySpec:
     return PolicySpec("registry", model=model, version=version or "latest")
 
 
+def open_policy(spec: str, *, server: str | None = None, registry_root: str | None = None) -> PolicyArtifact:
+    """The verified artifact a FILE or MODEL[@VERSION] names, for inspection (no fingerprint check)."""
+    parsed = parse_policy_spec(spec)
+    if parsed.kind == "auto":
+        raise L2LZOError("name a policy to open: FILE or MODEL[@VERSION], not auto")
+    if parsed.kind == "file":
+        return _from_file(parsed.path)
+    if server is not None:
+        with PolicyClient(server) as client:
+            artifact = client.fetch(parsed.model, version=parsed.version)
+        if artifact is None:
+            raise L2LZOError(f"{server} has no policy {parsed.model}@{parsed.version}")
+        return artifact
+    return _from_local_registry(parsed, None, "", registry_root)
+
+
 def resolve_policy(spec: str, *, model_id: str | None, fingerprint: str, server: str | None = None,
                    registry_root: str | None = None) -> PolicyArtifact | None:
     """The verified policy ``spec`` names for a model with this ``fingerprint``, or None (sigma = 1, warned).
@@ -62,15 +78,11 @@ def resolve_policy(spec: str, *, model_id: str | None, fingerprint: str, server:
     fingerprint only).
     """
     parsed = parse_policy_spec(spec)
-    if parsed.kind == "file":
-        artifact = _from_file(parsed.path)
+    if parsed.kind != "auto":
+        artifact = open_policy(spec, server=server, registry_root=registry_root)
     elif server is not None:
         with PolicyClient(server) as client:
-            if parsed.kind == "auto":
-                return _learned_or_none(client.fetch(model_id, fingerprint=fingerprint))
-            artifact = client.fetch(parsed.model, version=parsed.version)
-        if artifact is None:
-            raise L2LZOError(f"{server} has no policy {parsed.model}@{parsed.version}")
+            return _learned_or_none(client.fetch(model_id, fingerprint=fingerprint))
     else:
         artifact = _from_local_registry(parsed, model_id, fingerprint, registry_root)
         if artifact is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -129,3 +130,25 @@ def plot_profile(profile: Sequence[GroupImportance], path, title: str, fo_groups
 
 def profile_records(profile: Sequence[GroupImportance]) -> list[dict]:
     return [asdict(g) for g in profile]
+
+
+def gradient_profile_sigma(model: nn.Module, closures: Sequence[Callable[[], torch.Tensor]],
+                           damping: float = 0.5, max_ratio: float = 4.0) -> dict[str, float]:
+    """The no-learning baseline for a policy: sigma_b^2 ~ (G_b / d_b)^damping from a few FO batches.
+
+    G_b is block b's squared gradient norm summed over the ``closures``' batches; the shape is bounded like
+    the learned policy's (no two blocks' sigma differ by more than ``max_ratio``, around the geometric mean)
+    and normalised the same way (sum_b d_b sigma_b^2 = sum_b d_b). Keyed by block name, ready for
+    ``ZeroOrderOptimizer.set_sigma_hook``.
+    """
+    from l2lzo.policy_net import normalised
+
+    model_blocks = discover_blocks(model)
+    profile = {g.group: g.score for g in profile_layers(model, closures, "grad-norm", "tensor")}
+    energy = torch.tensor([profile[b.name] ** 2 / b.numel for b in model_blocks], dtype=torch.float64)
+    log_sigma = 0.5 * damping * torch.log(energy.clamp(min=1e-30))
+    half_range = math.log(max_ratio) / 2
+    log_sigma = (log_sigma - log_sigma.mean()).clamp(-half_range, half_range)
+    sigma = normalised(torch.exp(log_sigma), torch.tensor([b.numel for b in model_blocks], dtype=torch.float64))
+    return {b.name: float(s) for b, s in zip(model_blocks, sigma, strict=True)}
+

@@ -200,3 +200,32 @@ def test_policy_errors_are_one_line(problem, tmp_path, capsys, monkeypatch, tiny
     assert code == 2 and err.startswith("l2lzo: error:")
     assert {"unknown model": "cannot be loaded", "fingerprint": "trained for fingerprint",
             "corrupt": "sha256"}[problem] in err
+
+
+def test_policy_show_prints_provenance_and_writes_a_heatmap(tmp_path, tiny_causal, tiny_causal_dir, capsys):
+    write_artifact(tmp_path / "p.safetensors", tiny_causal)
+    png = tmp_path / "sigma.png"
+    assert main(["policy", "show", str(tmp_path / "p.safetensors"), "--model", str(tiny_causal_dir),
+                 "--output", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "recommended lr 0.002" in out and "sigma at the start of a run, by role:" in out and "embed" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_static_gradient_baseline_is_bounded_normalised_and_runs(tmp_path, tiny_causal, label_word_examples):
+    from l2lzo.profiling import gradient_profile_sigma
+
+    closure = grouped_loss(Scorer(tiny_causal), label_word_examples)
+    sigma = gradient_profile_sigma(tiny_causal.model, [closure, closure], max_ratio=4.0)
+    blocks = discover_blocks(tiny_causal.model)
+    assert set(sigma) == {b.name for b in blocks}
+    d = torch.tensor([b.numel for b in blocks], dtype=torch.float64)
+    values = torch.tensor([sigma[b.name] for b in blocks], dtype=torch.float64)
+    assert float((d * values**2).sum()) == pytest.approx(float(d.sum()))
+    assert 1.5 < float(values.max() / values.min()) <= 4.0 + 1e-9
+    task = toy_task(tmp_path / "toy.jsonl")
+    config = FinetuneConfig(model="tiny", task=str(task), steps=2, eval_every=2, batch_size=4, train_size=8,
+                            dev_size=8, test_size=8, lr=1e-3, output=str(tmp_path / "run.json"))
+    splits = load_task(str(task), train_size=8, dev_size=8, test_size=8)
+    result = finetune(config, loaded=tiny_causal, splits=splits, progress=False, sigma_hook=lambda info: sigma)
+    assert result.policy["kind"] == "sigma hook"
