@@ -211,27 +211,8 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     loaded = apply_scheme(loaded or load_model(config.model), config.scheme)
     model = loaded.model
     scorer = Scorer(loaded, max_length=config.max_length)
-    structure: dict = {}
-    fo_blocks = None
-    profile_seconds = 0.0
-    if config.hybrid_fo_budget:
-        t0 = time.perf_counter()
-        profile = profile_task(scorer, splits.train, config)
-        profile_seconds = time.perf_counter() - t0
-        fo_groups = choose_fo_groups(profile, config.hybrid_fo_budget)
-        if not fo_groups:
-            smallest = min(profile, key=lambda g: g.parameters)
-            raise L2LZOError(f"--hybrid-fo-budget {config.hybrid_fo_budget} fits no layer (the smallest group, "
-                             f"{smallest.group}, has {smallest.parameters:,} parameters)")
-        groups = group_blocks(discover_blocks(model), "layer")
-        fo_blocks = [b for name in fo_groups for b in groups[name]]
-        structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
-                     "profile_seconds": profile_seconds, "profile": profile_records(profile)}
-    optimizer = build_optimizer(config.optimizer, model, lr=config.resolved_lr(), eps=config.eps,
-                                n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
-                                sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
-                                fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
-                                noise=config.noise)
+    optimizer, structure = build_run_optimizer(config, scorer, splits.train)
+    profile_seconds = structure.get("profile_seconds", 0.0)
     out_path = config.output_path()
     checkpoint = BestCheckpoint(out_path.with_suffix(".best.safetensors"))
     result = FinetuneResult(
@@ -283,6 +264,36 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     result.wall_seconds = time.perf_counter() - start
     write_json(out_path, asdict(result))
     return result
+
+
+def build_run_optimizer(config: FinetuneConfig, scorer: Scorer, train: list[Example]) -> tuple[object, dict]:
+    """The optimizer a run of ``config`` trains with, and its structure record (FO set and profile for hybrid).
+
+    Hybrid ZO/FO profiles layer importance on ``train`` first (``structure["profile_seconds"]``). The fine-tune
+    loop and the benchmark probes (``l2lzo.bench.probe``) both build their optimizer here, so a probe measures
+    exactly what a run steps with.
+    """
+    fo_blocks = None
+    structure: dict = {}
+    if config.hybrid_fo_budget:
+        t0 = time.perf_counter()
+        profile = profile_task(scorer, train, config)
+        profile_seconds = time.perf_counter() - t0
+        fo_groups = choose_fo_groups(profile, config.hybrid_fo_budget)
+        if not fo_groups:
+            smallest = min(profile, key=lambda g: g.parameters)
+            raise L2LZOError(f"--hybrid-fo-budget {config.hybrid_fo_budget} fits no layer (the smallest group, "
+                             f"{smallest.group}, has {smallest.parameters:,} parameters)")
+        groups = group_blocks(discover_blocks(scorer.loaded.model), "layer")
+        fo_blocks = [b for name in fo_groups for b in groups[name]]
+        structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
+                     "profile_seconds": profile_seconds, "profile": profile_records(profile)}
+    optimizer = build_optimizer(config.optimizer, scorer.loaded.model, lr=config.resolved_lr(), eps=config.eps,
+                                n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
+                                sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
+                                fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
+                                noise=config.noise)
+    return optimizer, structure
 
 
 def profile_task(scorer: Scorer, train: list[Example], config: FinetuneConfig) -> list[GroupImportance]:
