@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import l2lzo.bench.cli as bench_cli
 import registry.cli as registry_cli
 import service.cli as service_cli
 from l2lzo.errors import L2LZOError
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_batch(sub)
     _add_profile_layers(sub)
     registry_cli.register(sub)
+    bench_cli.register(sub)
     service_cli.register(sub)
     tasks = sub.add_parser("tasks", help="list available tasks and whether their data is prepared")
     tasks.add_argument("--json", action="store_true", help="machine-readable output")
