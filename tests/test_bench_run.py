@@ -171,7 +171,8 @@ def _finetune_record(cell, grid_name: str, accuracy: float, loss: float) -> dict
     return make_record(cell, grid_name, OK, metrics=metrics, evals=evals, seconds=5.0)
 
 
-def test_report_tables_mean_and_std_over_seeds_with_provenance_and_plots(tmp_path):
+def _finetune_results(tmp_path: Path) -> Path:
+    """A fine-tune grid's output folder: 3 seeds of zo-sgd, one fo-adam result, one failure, one missing."""
     grid = load_grid(write_grid(tmp_path, '[axes]\noptimizer = ["zo-sgd", "fo-adam"]\nseed = [0, 1, 2]\n'))
     out = tmp_path / "out"
     out.mkdir()
@@ -183,6 +184,11 @@ def test_report_tables_mean_and_std_over_seeds_with_provenance_and_plots(tmp_pat
     fo = [c for c in grid.cells if c.labels["optimizer"] == "fo-adam"]
     store.append(_finetune_record(fo[0], grid.name, 0.9, loss=0.3))
     store.append(make_record(fo[1], grid.name, "error", error="diverged"))
+    return out
+
+
+def test_report_tables_mean_and_std_over_seeds_with_provenance_and_plots(tmp_path):
+    out = _finetune_results(tmp_path)
     assert main(["bench", "report", str(out)]) == 0
     report = (out / "RESULTS.md").read_text()
     assert "Regenerate: `l2lzo bench run grid.toml --output out && l2lzo bench report" in report
@@ -196,7 +202,7 @@ def test_report_tables_mean_and_std_over_seeds_with_provenance_and_plots(tmp_pat
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png})" in report
 
 
-def test_report_of_probes_draws_bars_and_growth_curves(tmp_path):
+def _probe_results(tmp_path: Path) -> Path:
     body = '[axes]\nmax_length = [16, 32]\noptimizer = ["inference", "zo-sgd"]\n'
     grid = load_grid(write_grid(tmp_path, body, base='kind = "probe"' + TINY_BASE))
     out = tmp_path / "out"
@@ -207,10 +213,26 @@ def test_report_of_probes_draws_bars_and_growth_curves(tmp_path):
                    "step_seconds": 0.1 * (i + 1), "forward_seconds": 0.05, "step_over_two_forwards": i + 1,
                    "total_parameters": 1000, "trainable_parameters": 1000}
         ResultStore(out).append(make_record(cell, grid.name, OK, metrics=metrics))
+    return out
+
+
+def test_report_of_probes_draws_bars_and_growth_curves(tmp_path):
+    out = _probe_results(tmp_path)
     assert main(["bench", "report", str(out)]) == 0
     report = (out / "RESULTS.md").read_text()
     assert "| 32 | zo-sgd | 1 | 403 | 1.008 | 0.400 | 4.000 | 400 | 0.050 |" in report
     assert {p.name for p in out.glob("*.png")} == {"memory.png", "step_time.png", "growth_seq_len.png"}
+
+
+def test_one_report_of_several_grids_links_their_plots(tmp_path):
+    finetunes, probes = _finetune_results(tmp_path / "a"), _probe_results(tmp_path / "b")
+    report = tmp_path / "docs" / "RESULTS.md"
+    assert main(["bench", "report", str(finetunes), str(probes), "--output", str(report)]) == 0
+    text = report.read_text()
+    assert text.startswith("# Benchmark results\n\nRegenerate: `l2lzo bench run grid.toml --output out && "
+                           f"l2lzo bench run g.toml && l2lzo bench report {finetunes} {probes} --output {report}`")
+    assert "## grid\n" in text and "### Results" in text and "(../a/out/accuracy.png)" in text
+    assert "(../b/out/growth_seq_len.png)" in text and not (finetunes / "RESULTS.md").exists()
 
 
 def test_report_of_a_folder_without_results_is_one_line(tmp_path, capsys):

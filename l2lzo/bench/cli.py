@@ -17,18 +17,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "run", help="run every cell of a grid that has no result yet",
         description="Run a grid's cells, one fresh process each, appending each result to DIR/results.jsonl as it "
                     "lands. Resumable: cells whose result exists (same full config, same file contents) are "
-                    "skipped, so a killed run reruns only what is missing; failed cells are retried.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "skipped, so a killed run reruns only what is missing; failed cells are retried.")
     run.add_argument("grid", metavar="GRID.toml", help="the grid file")
     run.add_argument("--output", metavar="DIR", default=None, help="output folder (default: results/bench/<name>)")
     run.add_argument("--ray", action="store_true",
                      help="run cells as Ray tasks, each reserving its `cpus` (RAY_ADDRESS joins a cluster)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
-    report = sub.add_parser("report", help="write DIR/RESULTS.md and PNG plots from a grid's results",
+    report = sub.add_parser("report", help="write RESULTS.md and PNG plots from grids' results",
                             description="Tables (mean ± std over seeds), provenance (machine, dates, versions, "
-                                        "settings, the command that regenerates it) and plots.")
-    report.add_argument("dir", metavar="DIR", help="a `bench run` output folder")
+                                        "settings, the command that regenerates it) and plots. One DIR: "
+                                        "DIR/RESULTS.md; several, or --output: one file with a section per grid.")
+    report.add_argument("dirs", metavar="DIR", nargs="+", help="`bench run` output folders")
+    report.add_argument("--output", metavar="FILE", default=None,
+                        help="the report file (default: DIR/RESULTS.md for one DIR, else ./RESULTS.md)")
     report.set_defaults(func=_report)
     return parser
 
@@ -48,4 +50,4 @@ def _run(args) -> None:
 def _report(args) -> None:
     from l2lzo.bench.report import write_report
 
-    print(f"written {write_report(args.dir)}")
+    print(f"written {write_report(args.dirs, args.output)}")

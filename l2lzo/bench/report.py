@@ -1,4 +1,4 @@
-"""``l2lzo bench report DIR``: RESULTS.md (tables, mean ± std over seeds, provenance) and PNG plots.
+"""``l2lzo bench report DIR [DIR ...]``: RESULTS.md (tables, mean ± std over seeds, provenance) and PNG plots.
 
 Rows are the grid's axes except ``seed``; every number over seeds is their mean ± sample std (one seed: the
 value). Only the cells of the grid as last run (``grid.json``) count; failed and missing cells are listed.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -40,12 +41,34 @@ PROBE_COLUMNS = [
 ]
 
 
-def write_report(folder: str | Path) -> Path:
-    """Write ``RESULTS.md`` and the plots into ``folder`` (a ``bench run`` output); returns the report's path."""
-    folder = Path(folder)
-    if not (folder / GRID_JSON).exists():
-        raise L2LZOError(f"{folder} holds no grid results ({GRID_JSON} is missing): run `l2lzo bench run` first")
-    grid = json.loads((folder / GRID_JSON).read_text())
+def write_report(folders: list[str | Path], output: str | Path | None = None) -> Path:
+    """Write the report of one or more ``bench run`` output folders; returns its path.
+
+    One folder and no ``output``: ``FOLDER/RESULTS.md``. Otherwise one markdown file at ``output`` (default
+    ``RESULTS.md`` here) with a section per grid. Plots are written into each grid's folder and linked from it.
+    """
+    folders = [Path(f) for f in folders]
+    for folder in folders:
+        if not (folder / GRID_JSON).exists():
+            raise L2LZOError(f"{folder} holds no grid results ({GRID_JSON} is missing): run `l2lzo bench run` first")
+    grids = [json.loads((f / GRID_JSON).read_text()) for f in folders]
+    if output is None and len(folders) == 1:
+        path = folders[0] / REPORT
+        command = f"{grids[0]['command']} && l2lzo bench report {folders[0]}"
+        lines = [f"# {grids[0]['name']}", "", f"Regenerate: `{command}`", "", *_section(folders[0], grids[0], path, 2)]
+    else:
+        path = Path(output or REPORT)
+        report = shlex.join(["l2lzo", "bench", "report", *map(str, folders), "--output", str(path)])
+        command = " && ".join([*(g["command"] for g in grids), report])
+        lines = ["# Benchmark results", "", f"Regenerate: `{command}`", ""]
+        for folder, grid in zip(folders, grids, strict=True):
+            lines += [f"## {grid['name']}", "", *_section(folder, grid, path, 3)]
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _section(folder: Path, grid: dict, report: Path, level: int) -> list[str]:
+    """One grid's part of a report (``level``: the markdown heading level of its subsections)."""
     latest = ResultStore(folder).latest()
     cells = grid["cells"]
     # Labels come from the grid as last run: an axis added since then labels older results too.
@@ -58,31 +81,27 @@ def write_report(folder: str | Path) -> Path:
     # optimizer kind) get columns too, so rows never mix cells that differ in more than their seed.
     varying = [k for k in _varying([c["config"] for c in cells]) if k not in grid["axis_settings"] and k != SEED]
     plots = _plots(folder, records, grid["kind"])
-    lines = [f"# {grid['name']}", ""]
-    if grid["description"]:
-        lines += [grid["description"].strip(), ""]
-    lines += _provenance(folder, grid, records, cells)
+    heading = "#" * level
+    lines = [grid["description"].strip(), ""] if grid["description"] else []
+    lines += _provenance(grid, records, cells)
     columns = FINETUNE_COLUMNS if grid["kind"] == FINETUNE else PROBE_COLUMNS
-    lines += ["## Results", "", _table(records, varying, axes, columns), ""]
+    lines += [f"{heading} Results", "", _table(records, varying, axes, columns), ""]
     if grid["kind"] == FINETUNE:
         lines += _zero_shot(records)
     if plots:
-        lines += [*(f"![{p.stem}]({p.name})" for p in plots), ""]
+        lines += [*(f"![{p.stem}]({os.path.relpath(p, report.parent)})" for p in plots), ""]
     if failed or missing:
-        lines += ["## Not in the tables", ""]
+        lines += [f"{heading} Not in the tables", ""]
         lines += [f"- failed: {_where(r['labels'])}: {r['error']}" for r in failed]
         lines += [f"- not run yet: {_where(c['labels'])}" for c in missing]
         lines.append("")
-    path = folder / REPORT
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    return lines
 
 
-def _provenance(folder: Path, grid: dict, records: list[dict], cells: list[dict]) -> list[str]:
+def _provenance(grid: dict, records: list[dict], cells: list[dict]) -> list[str]:
     shared = _shared_settings(cells)
     finished = sorted(r["finished_at"] for r in records)
-    lines = [f"Regenerate: `{grid['command']} && l2lzo bench report {folder}`", "",
-             f"- cells: {len(records)} of {len(cells)} with results ({grid['kind']} cells); "
+    lines = [f"- cells: {len(records)} of {len(cells)} with results ({grid['kind']} cells); "
              f"compute {sum(r['seconds'] for r in records) / 3600:.2f} h in cell processes",
              f"- measured: {finished[0]} to {finished[-1]} (UTC); report written {now()}" if finished else
              "- measured: nothing yet"]
