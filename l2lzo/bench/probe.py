@@ -76,7 +76,7 @@ def measure(config: FinetuneConfig) -> dict:
     else:
         reset_peak_rss()
         optimizer, structure = build_run_optimizer(config, scorer, train)
-        if structure:
+        if "fo_groups" in structure:  # hybrid: the profiling pass's peak, apart from the steps'
             out["profile_peak_rss_mib"] = peak_rss_mib()
             out["fo_groups"] = structure["fo_groups"]
             out["fo_parameters"] = structure["fo_parameters"]
