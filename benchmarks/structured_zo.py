@@ -9,7 +9,7 @@ Two suites, each run is a fresh ``l2lzo finetune`` process:
   sparse z (random and magnitude, 90% sparsity) vs block-wise ZO (one estimate per layer).
 
 Reports the dev loss and accuracy at the end, steps done, and the run's peak RSS. For peak memory at a
-fixed batch without loading and evaluation in the way, see ``zo_memory_speed.py --modes hybrid``.
+fixed batch without loading and evaluation in the way, see the hybrid rows of ``grids/memory_speed.toml``.
 
     .venv/bin/python benchmarks/structured_zo.py [--suite hybrid|sparse|all] [--time-budget 240] [--forwards 400]
 

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import l2lzo.bench.cli as bench_cli
 import meta_train.cli as meta_train_cli
 import registry.cli as registry_cli
 import service.cli as service_cli
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(sub)
     meta_train_cli.register(sub)
     registry_cli.register(sub)
+    bench_cli.register(sub)
     service_cli.register(sub)
     tasks = sub.add_parser("tasks", help="list available tasks and whether their data is prepared")
     tasks.add_argument("--json", action="store_true", help="machine-readable output")

@@ -236,33 +236,13 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     if not splits.train or not splits.dev:
         raise L2LZOError(f"task {config.task!r} has too few examples for train and dev splits")
     loaded = loaded or load_model(config.model)
-    policy = _resolve_policy(config, loaded) if config.policy else None
+    policy = resolve_run_policy(config, loaded)
     loaded = apply_scheme(loaded, config.scheme)
     model = loaded.model
     scorer = Scorer(loaded, max_length=config.max_length)
-    structure: dict = {}
-    fo_blocks = None
-    profile_seconds = 0.0
-    if config.hybrid_fo_budget:
-        t0 = time.perf_counter()
-        profile = profile_task(scorer, splits.train, config)
-        profile_seconds = time.perf_counter() - t0
-        fo_groups = choose_fo_groups(profile, config.hybrid_fo_budget)
-        if not fo_groups:
-            smallest = min(profile, key=lambda g: g.parameters)
-            raise L2LZOError(f"--hybrid-fo-budget {config.hybrid_fo_budget} fits no layer (the smallest group, "
-                             f"{smallest.group}, has {smallest.parameters:,} parameters)")
-        groups = group_blocks(discover_blocks(model), "layer")
-        fo_blocks = [b for name in fo_groups for b in groups[name]]
-        structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
-                     "profile_seconds": profile_seconds, "profile": profile_records(profile)}
     lr = config.resolved_lr(policy)
-    check_lr(lr)
-    optimizer = build_optimizer(config.optimizer, model, lr=lr, eps=config.eps,
-                                n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
-                                sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
-                                fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
-                                noise=config.noise)
+    optimizer, structure, sigma_policy = build_run_optimizer(config, scorer, splits.train, policy, sigma_hook)
+    profile_seconds = structure.get("profile_seconds", 0.0)
     out_path = config.output_path()
     checkpoint = BestCheckpoint(out_path.with_suffix(".best.safetensors"))
     result = FinetuneResult(
@@ -273,16 +253,9 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         checkpoint=str(checkpoint.path),
         structure=structure,
     )
-    sigma_policy = None
-    network = policy.network() if policy is not None else None
-    if network is not None:
-        sigma_policy = LearnedSigma(network, config.scheme, total_steps=config.steps)
-        optimizer.set_sigma_hook(sigma_policy)
-        result.policy = policy.summary()
-    elif policy is not None:  # hyperparameters only: recorded, sigma = 1
+    if policy is not None:  # learned, or hyperparameters only (then sigma = 1)
         result.policy = policy.summary()
     elif sigma_hook is not None:
-        optimizer.set_sigma_hook(sigma_hook)
         result.policy = {"kind": "sigma hook", "hook": getattr(sigma_hook, "__qualname__", repr(sigma_hook))}
     result.initial_test = scorer.evaluate(splits.test)
     best_dev = _record_eval(result, scorer, splits, step=0, train_loss=None)
@@ -330,12 +303,56 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     return result
 
 
-def _resolve_policy(config: FinetuneConfig, loaded: LoadedModel) -> PolicyArtifact | None:
-    """The policy ``config.policy`` names for this (base) model; one-line errors, a warning for none."""
+def resolve_run_policy(config: FinetuneConfig, loaded: LoadedModel) -> PolicyArtifact | None:
+    """The policy ``config.policy`` names for ``loaded`` (the base model, before the scheme); None: sigma = 1.
+
+    One-line errors for a bad name or a fingerprint mismatch; a ``PolicyWarning`` when ``auto`` finds none.
+    """
+    if not config.policy:
+        return None
     # A local folder has no registry id: its policy can only be found by its architecture fingerprint.
     model_id = None if Path(config.model).expanduser().exists() else config.model
     return resolve_policy(config.policy, model_id=model_id, fingerprint=fingerprint(loaded.model),
                           server=config.server, registry_root=config.registry)
+
+
+def build_run_optimizer(config: FinetuneConfig, scorer: Scorer, train: list[Example],
+                        policy: PolicyArtifact | None = None, sigma_hook: SigmaHook | None = None
+                        ) -> tuple[object, dict, LearnedSigma | None]:
+    """The optimizer a run of ``config`` trains with, its structure record, and the learned policy it runs.
+
+    Hybrid ZO/FO profiles layer importance on ``train`` first (``structure["profile_seconds"]``). A learned
+    ``policy`` (from ``resolve_run_policy``) or a ``sigma_hook`` is attached to the optimizer here. The
+    fine-tune loop and the benchmark probes (``l2lzo.bench.probe``) both build their optimizer here, so a
+    probe measures exactly what a run steps with, policy included.
+    """
+    fo_blocks = None
+    structure: dict = {}
+    if config.hybrid_fo_budget:
+        t0 = time.perf_counter()
+        profile = profile_task(scorer, train, config)
+        profile_seconds = time.perf_counter() - t0
+        fo_groups = choose_fo_groups(profile, config.hybrid_fo_budget)
+        if not fo_groups:
+            smallest = min(profile, key=lambda g: g.parameters)
+            raise L2LZOError(f"--hybrid-fo-budget {config.hybrid_fo_budget} fits no layer (the smallest group, "
+                             f"{smallest.group}, has {smallest.parameters:,} parameters)")
+        groups = group_blocks(discover_blocks(scorer.loaded.model), "layer")
+        fo_blocks = [b for name in fo_groups for b in groups[name]]
+        structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
+                     "profile_seconds": profile_seconds, "profile": profile_records(profile)}
+    lr = config.resolved_lr(policy)
+    check_lr(lr)
+    optimizer = build_optimizer(config.optimizer, scorer.loaded.model, lr=lr, eps=config.eps,
+                                n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
+                                sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
+                                fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
+                                noise=config.noise)
+    network = policy.network() if policy is not None else None
+    sigma_policy = LearnedSigma(network, config.scheme, total_steps=config.steps) if network is not None else None
+    if sigma_policy is not None or sigma_hook is not None:
+        optimizer.set_sigma_hook(sigma_policy or sigma_hook)
+    return optimizer, structure, sigma_policy
 
 
 def profile_task(scorer: Scorer, train: list[Example], config: FinetuneConfig) -> list[GroupImportance]:

@@ -27,6 +27,7 @@ CAUSAL = "causal"
 ENCODER = "encoder"
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_MODEL = "tiny"  # load_model's name for tiny_model(): no files, no download
 
 # Built-in aliases: name -> (python package that ships the weights, what it is).
 BUILTIN_MODELS = {
@@ -57,8 +58,14 @@ def fingerprint(model: nn.Module) -> str:
 def load_model(name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model by built-in alias (see ``BUILTIN_MODELS``), local folder, or HF hub id.
 
-    Raises ``L2LZOError`` with a one-line explanation when the model cannot be found offline.
+    ``tiny`` (``TINY_MODEL``) is ``tiny_model()``: a seeded random causal model for quick checks and for the
+    small end of the benchmarks' model-size curves. Raises ``L2LZOError`` with a one-line explanation when the
+    model cannot be found offline.
     """
+    if name == TINY_MODEL:
+        loaded = tiny_model(CAUSAL)
+        loaded.model.to(dtype)
+        return loaded
     if name in BUILTIN_MODELS:
         folder = _builtin_folder(name)
     elif Path(name).expanduser().is_dir():
@@ -183,27 +190,28 @@ def tiny_model(family: str = CAUSAL, seed: int = 0, layers: int = 2, hidden: int
     ``architecture`` picks the causal model: ``llama`` (rotary positions, tied head) or ``gpt2`` (absolute
     position embeddings, which left padding would shift).
     """
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    # Attribute access on transformers' lazy module imports only the architecture asked for (each takes seconds).
+    import transformers as tf
 
     tokenizer = tiny_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     if family == CAUSAL and architecture == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4,
-                                           n_positions=256, pad_token_id=vocab - 1))
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4,
+                                                 n_positions=256, pad_token_id=vocab - 1))
     elif family == CAUSAL:
-        config = LlamaConfig(
+        config = tf.LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             tie_word_embeddings=True, pad_token_id=vocab - 1,
         )
-        model = LlamaForCausalLM(config)
+        model = tf.LlamaForCausalLM(config)
     elif family == ENCODER:
-        config = BertConfig(
+        config = tf.BertConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
             num_attention_heads=4, max_position_embeddings=256, pad_token_id=vocab - 1,
         )
-        model = BertModel(config, add_pooling_layer=False)
+        model = tf.BertModel(config, add_pooling_layer=False)
     else:
         raise L2LZOError(f"unknown model family {family!r}: expected {CAUSAL!r} or {ENCODER!r}")
     prepare_tokenizer(tokenizer, family)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2lzo.noise import MAX_SEGMENT, NOISE_KINDS, GaussianNoise, PoolNoise, noise_source, segment_length
+from l2lzo.noise import MAX_SEGMENT, MIN_SEGMENT, NOISE_KINDS, GaussianNoise, PoolNoise, noise_source, segment_length
 
 POOL = PoolNoise(seed=3, numel=1 << 16)  # a small pool keeps the tests fast; the statistics still hold
 SOURCES = {"pool": POOL, "gaussian": GaussianNoise()}
@@ -79,30 +81,42 @@ def test_add_equals_base_plus_alpha_times_the_draw_for_long_rows(shape, with_bas
     torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
 
 
-def windows_of(z: torch.Tensor, pool: torch.Tensor) -> list[tuple[int, int]]:
-    """z as maximal runs of consecutive pool numbers with one sign: (pool offset, length) per run."""
-    where = {float(v): i for i, v in enumerate(pool.tolist())}
-    runs: list[tuple[int, int]] = []
-    previous = None
-    for v in z.flatten().tolist():
-        index, sign = (where[v], 1) if v in where else (where[-v], -1)
-        if previous is not None and (index, sign) == (previous[0] + 1, previous[1]):
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((index, 1))
-        previous = (index, sign)
-    return runs
+def window_of(segment: torch.Tensor, pool: torch.Tensor) -> tuple[int, int] | None:
+    """(offset, sign) if ``segment`` is sign * pool[offset : offset + len(segment)], else None."""
+    windows = pool.unfold(0, len(segment), 1)
+    for sign in (1, -1):
+        hits = (windows == sign * segment).all(dim=1).nonzero()
+        if len(hits):
+            return int(hits[0]), sign
+    return None
 
 
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 3), row=st.integers(1, 5000), seed=st.integers(0, 2**31))
-def test_pool_noise_is_sign_flipped_pool_windows_of_at_most_max_segment(rows, row, seed):
-    """Long rows are cut: the within-window correlation that makes the estimate biased grows with the length."""
-    pool = PoolNoise(seed=5, numel=1 << 14)
+def test_pool_noise_is_made_of_sign_flipped_pool_windows_of_at_most_max_segment(rows, row, seed):
+    """Every segment (the row cut at its largest divisor <= MAX_SEGMENT) is one +-window of the pool."""
+    pool = PoolNoise(seed=5, numel=1 << 13)
     z = draw(pool, seed, (rows, row))
-    runs = windows_of(z, pool._base)
-    assert sum(n for _, n in runs) == rows * row
-    assert max(n for _, n in runs) <= MAX_SEGMENT
+    length = segment_length(row)
+    if length < MIN_SEGMENT and length != row:  # no usable divisor: flat segments of MAX_SEGMENT
+        length = MAX_SEGMENT
+    for segment in z.flatten().split(length):
+        assert window_of(segment, pool._base) is not None
+
+
+@pytest.mark.parametrize("shape", [(2, 3000), (4096,), (3, 2048)])
+def test_long_rows_take_independent_windows(shape):
+    """The segments of a long row are not one long window (the within-window correlation grows with length):
+    a segment continues the previous one's window with the same sign only by chance (stride = length)."""
+    pool = PoolNoise(seed=5, numel=1 << 13)
+    length = segment_length(shape[-1])
+    continued = boundaries = 0
+    for seed in range(20):
+        for row in draw(pool, seed, shape).view(-1, shape[-1]):
+            found = [window_of(segment, pool._base) for segment in row.split(length)]
+            boundaries += len(found) - 1
+            continued += sum(b == (a[0] + length, a[1]) for a, b in itertools.pairwise(found))
+    assert boundaries > 0 and continued / boundaries < 0.3
 
 
 @settings(max_examples=200, deadline=None)
