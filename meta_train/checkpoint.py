@@ -1,8 +1,10 @@
 """Meta-training checkpoints: a folder of safetensors and JSON (no pickle), written atomically.
 
 ``policy.safetensors``   the policy's weights
+``best.safetensors``     the weights with the best held-out gap so far (absent while sigma = 1 is the best)
 ``optimizer.safetensors``  the meta-optimizer's (Adam's) tensors; its scalars go in state.json
-``state.json``           the next meta-step, the optimizer's param groups, and the metrics history so far
+``state.json``           the next meta-step, the optimizer's param groups, the best gap and its meta-step, and the
+                         metrics history so far
 """
 
 from __future__ import annotations
@@ -28,6 +30,26 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     meta_step: int = 0
     history: list[dict] = field(default_factory=list)
+    # Model selection on the validation tasks: sigma = 1 (an untrained policy, meta-step 0) scores a gap of 0,
+    # and only a policy that beats it replaces it.
+    best_gap: float = 0.0
+    best_step: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def consider(self, gap: float) -> bool:
+        """Keep the current weights as the best if their held-out gap beats the best so far."""
+        if gap >= self.best_gap:
+            return False
+        self.best_gap, self.best_step = gap, self.meta_step
+        self.best_weights = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        return True
+
+    def best_policy(self) -> PerturbationPolicy:
+        """The selected policy: the best validated weights, or an untrained one (sigma = 1) if none beat it."""
+        best = PerturbationPolicy(self.policy.config)
+        if self.best_weights is not None:
+            best.load_state_dict(self.best_weights)
+        return best
 
 
 def save_checkpoint(state: TrainingState, folder: Path) -> Path:
@@ -38,6 +60,8 @@ def save_checkpoint(state: TrainingState, folder: Path) -> Path:
     try:
         save_file({k: v.detach().contiguous() for k, v in state.policy.state_dict().items()},
                   str(tmp / "policy.safetensors"))
+        if state.best_weights is not None:
+            save_file({k: v.contiguous() for k, v in state.best_weights.items()}, str(tmp / "best.safetensors"))
         optim = state.optimizer.state_dict()
         tensors, scalars = {}, {}
         for index, entry in optim["state"].items():
@@ -48,7 +72,8 @@ def save_checkpoint(state: TrainingState, folder: Path) -> Path:
                     scalars[f"{index}.{key}"] = value
         save_file(tensors or {"empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({
-            "meta_step": state.meta_step, "history": state.history,
+            "meta_step": state.meta_step, "history": state.history, "best_gap": state.best_gap,
+            "best_step": state.best_step,
             "param_groups": optim["param_groups"], "optimizer_scalars": scalars}, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
@@ -73,4 +98,7 @@ def load_checkpoint(state: TrainingState, folder: Path) -> TrainingState:
     state.optimizer.load_state_dict({"state": entries, "param_groups": saved["param_groups"]})
     state.meta_step = saved["meta_step"]
     state.history = saved["history"]
+    state.best_gap, state.best_step = saved["best_gap"], saved["best_step"]
+    best = folder / "best.safetensors"
+    state.best_weights = load_file(str(best)) if best.exists() else None
     return state

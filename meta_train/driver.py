@@ -95,7 +95,7 @@ def _init_ray(address: str | None) -> bool:
 
 def _trainer(config: MetaTrainConfig, name: str, storage: Path, callbacks: list | None = None):
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -107,7 +107,10 @@ def _trainer(config: MetaTrainConfig, name: str, storage: Path, callbacks: list 
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=config.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+                             # Ray Train logs every report at INFO; its placement-group monitor warns every few
+                             # seconds when the state API (the dashboard's) is absent. The loop logs what matters.
+                             logging_config=LoggingConfig(log_level="ERROR")),
     )
 
 

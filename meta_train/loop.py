@@ -7,6 +7,7 @@ reports and checkpoints go.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -94,7 +95,7 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
     optimizer, sigma, task = None, None, None
     last_gap = next((h["heldout_gap"] for h in reversed(state.history) if "heldout_gap" in h), None)
     while state.meta_step < config.meta_steps:
-        step = state.meta_step
+        step, started = state.meta_step, time.perf_counter()
         trajectory_index, position = divmod(step, config.reset_every)
         if position == 0 or optimizer is None:  # a new trajectory (or a resumed one): pretrained theta, new task
             trajectory.reset()
@@ -119,12 +120,14 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
 
         values = torch.tensor(list(sigma.last_sigma.values()))
         record = {"meta_step": state.meta_step, "meta_loss": float(meta_loss), "grad_norm": grad_norm,
-                  "task": task, "sigma_min": float(values.min()), "sigma_max": float(values.max())}
+                  "task": task, "sigma_min": float(values.min()), "sigma_max": float(values.max()),
+                  "seconds": time.perf_counter() - started}
         last = state.meta_step == config.meta_steps
         validated = state.meta_step % config.validate_every == 0 or last
         if heldout_gap is not None and validated:
             record.update(heldout_gap(policy))
             last_gap = record["heldout_gap"]
+            record["selected"] = state.consider(last_gap)
             say(f"meta-step {state.meta_step}: held-out gap {last_gap:+.4f} (policy loss vs sigma=1, relative); "
                 f"sigma in [{record['sigma_min']:.2f}, {record['sigma_max']:.2f}]")
         elif last_gap is not None:  # every report carries the latest score (what a sweep's scheduler reads)

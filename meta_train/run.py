@@ -31,8 +31,15 @@ def run(config: MetaTrainConfig, *, resume: str | None = None, sweep_samples: in
     write_json(out / "history.json", state.history)
     plot_history(state.history, out / "meta_training.png", f"{config.model} ({config.scheme}): meta-training")
 
+    # Model selection: the validated weights with the best held-out gap; sigma = 1 if none beat it.
+    policy = state.best_policy()
+    if state.best_weights is None:
+        say("no validated policy beat sigma = 1 on the held-out gap: the artifact is the untrained policy "
+            "(sigma = 1 exactly); see the curves")
+    else:
+        say(f"selected the policy of meta-step {state.best_step} (held-out gap {state.best_gap:+.4f})")
     base_fingerprint = fingerprint(load_model(config.model).model)  # the base model's, before the scheme
-    draft = build_policy_artifact(state.policy, config, fingerprint=base_fingerprint,
+    draft = build_policy_artifact(policy, config, fingerprint=base_fingerprint,
                                   recommended_lr=config.resolved_lr(), metrics={})
     atomic_write_bytes(out / "policy.draft.safetensors", draft)
     say(f"held-out validation on {', '.join(config.validation_tasks)} ({config.final_steps} steps, "
@@ -40,17 +47,18 @@ def run(config: MetaTrainConfig, *, resume: str | None = None, sweep_samples: in
     validation = final_validation(config, out / "policy.draft.safetensors", out / "validation", say=say)
     gaps = [h["heldout_gap"] for h in state.history if "policy_loss" in h]
     metrics = {"validation": validation, "heldout_gap_curve": gaps, "meta_steps": state.meta_step,
-               "sweep": sweep_trials}
-    data = build_policy_artifact(state.policy, config, fingerprint=base_fingerprint,
+               "selected_meta_step": state.best_step, "selected_heldout_gap": state.best_gap, "sweep": sweep_trials}
+    data = build_policy_artifact(policy, config, fingerprint=base_fingerprint,
                                  recommended_lr=validation["recommended_lr"], metrics=metrics,
                                  history_tail=state.history[-5:])
     atomic_write_bytes(out / "policy.safetensors", data)
     (out / "policy.draft.safetensors").unlink(missing_ok=True)
     summary = {"artifact": str(out / "policy.safetensors"), "bytes": len(data),
-               "policy_numbers": state.policy.numbers, "recommended_lr": validation["recommended_lr"],
+               "policy_numbers": policy.numbers, "recommended_lr": validation["recommended_lr"],
+               "selected_meta_step": state.best_step, "selected_heldout_gap": state.best_gap,
                "validation": validation, "published": publish(data, config) if config.push else None}
     write_json(out / "summary.json", summary)
-    say(f"policy: {state.policy.numbers} numbers, {len(data)} bytes -> {summary['artifact']}"
+    say(f"policy: {policy.numbers} numbers, {len(data)} bytes -> {summary['artifact']}"
         + (f", pushed as {summary['published']}" if summary["published"] else ""))
     say(f"validation at lr {validation['recommended_lr']:g}: dev loss policy {validation['dev_loss_policy']:.4f} "
         f"vs sigma=1 {validation['dev_loss_mezo']:.4f}; policy wins {validation['wins']}/"

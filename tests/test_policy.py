@@ -229,3 +229,28 @@ def test_the_static_gradient_baseline_is_bounded_normalised_and_runs(tmp_path, t
     splits = load_task(str(task), train_size=8, dev_size=8, test_size=8)
     result = finetune(config, loaded=tiny_causal, splits=splits, progress=False, sigma_hook=lambda info: sigma)
     assert result.policy["kind"] == "sigma hook"
+
+
+def test_finetune_compare_runs_both_arms_at_one_lr(tmp_path, tiny_causal, tiny_causal_dir, capsys):
+    write_artifact(tmp_path / "p.safetensors", tiny_causal)
+    task = toy_task(tmp_path / "toy.jsonl")
+    assert main(["finetune", "--model", str(tiny_causal_dir), "--task", str(task), "--steps", "2",
+                 "--eval-every", "2", "--batch-size", "4", "--train-size", "8", "--dev-size", "8", "--test-size", "8",
+                 "--policy", str(tmp_path / "p.safetensors"), "--compare", "--output", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| policy | 0.002 |" in out and "| sigma=1 | 0.002 |" in out
+    learned, mezo = (json.loads((tmp_path / f"c.{arm}.json").read_text()) for arm in ("policy", "sigma1"))
+    assert learned["policy"]["learned"] and mezo["policy"] is None
+    assert learned["config"]["seed"] == mezo["config"]["seed"] and learned["config"]["lr"] == mezo["config"]["lr"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--inner-steps", "0"], "inner steps must be >= 1"),
+    (["--lr-grid", "1e-5,fast"], "--lr-grid must be comma-separated numbers"),
+    (["--train-tasks", "bb_navigate", "--validation-tasks", "bb_navigate"], "must be disjoint"),
+    (["--scheme", "qlora"], "unknown scheme 'qlora'"),
+])
+def test_bad_meta_train_input_is_one_line(argv, message, capsys):
+    assert main(["meta-train", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("l2lzo: error:") and message in err and "\n" not in err

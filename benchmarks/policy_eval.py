@@ -1,0 +1,253 @@
+"""The learned policy against sigma = 1 and a no-learning baseline, on tasks meta-training never touched.
+
+Every run is one ``l2lzo finetune`` (same seeds, data, forwards, eps for all arms); results land in
+``--output`` as one JSON per run, so a killed evaluation resumes where it stopped.
+
+1. **equal lr** -- every task x seed: the policy vs sigma = 1 at the policy's recommended lr (or ``--lr``).
+2. **own best lr** -- ``--grid-tasks`` tasks x ``--grid-seeds`` seeds x ``--lr-grid``: the policy, sigma = 1
+   and the static baseline (sigma_b^2 ~ (G_b / d_b)^0.5 from 4 FO batches, bounded and normalised like the
+   policy; ``l2lzo.profiling.gradient_profile_sigma``); each arm is scored at the lr with its best mean final
+   dev loss, so a win is not just an lr change.
+3. **transfer** (``--derivative TASK``) -- the base model fine-tuned with FO-Adam on TASK (a task the evaluation
+   does not use) is a derivative with the base's fingerprint; the policy vs sigma = 1 from there.
+
+Reported (``report.md``, ``summary.json``): the win rate on final dev loss, the mean dev- and test-accuracy
+difference (policy - sigma = 1) with a 95% t-interval over task x seed pairs, per-task rows, the lr-grid table,
+the transfer table, and the policy's size and cost per step.
+
+    .venv/bin/python benchmarks/policy_eval.py --model minilm-l6 --policy minilm-l6@1 \\
+        --tasks polarity,bbc_news,bb_multiemo,bb_fact_checker,bb_sports_understanding,bb_navigate --seeds 0,1,2 \\
+        --steps 200 --lr-grid 2e-5,5e-5,1e-4 --grid-tasks 3 --grid-seeds 2 --derivative bb_winowhy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from l2lzo.files import atomic_write_text, write_json
+from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
+from l2lzo.models import load_model
+from l2lzo.policy_source import open_policy
+from l2lzo.profiling import gradient_profile_sigma
+from l2lzo.scoring import Scorer
+from l2lzo.tasks import load_task
+from meta_train.config import EVALUATION_TASKS
+
+ARMS = ("policy", "sigma=1", "static")
+
+
+def run_arm(base: FinetuneConfig, arm: str, policy_file: str, out: Path, model: str | None = None) -> dict:
+    """One fine-tune (skipped when its results exist); the numbers the report needs."""
+    path = out / f"{Path(base.task).stem}_{arm.replace('=', '')}_lr{base.lr:g}_s{base.seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())["summary"]
+    config = replace(base, model=model or base.model, output=str(path),
+                     policy=policy_file if arm == "policy" else None)
+    hook = None
+    if arm == "static":
+        loaded = load_model(config.model)
+        splits = load_task(config.task, seed=config.seed, train_size=config.train_size)
+        scorer = Scorer(loaded, max_length=config.max_length)
+        batches = [splits.train[i * config.batch_size:(i + 1) * config.batch_size] for i in range(4)]
+        sigma = gradient_profile_sigma(loaded.model, [grouped_loss(scorer, b) for b in batches])
+        hook = _StaticSigma(sigma)
+    result = finetune(config, progress=False, sigma_hook=hook)
+    last = result.evals[-1]
+    summary = {"task": config.task, "arm": arm, "lr": config.lr, "seed": config.seed, "model": config.model,
+               "dev_loss": last["dev_loss"], "dev_accuracy": last["dev_accuracy"],
+               "dev_loss_start": result.evals[0]["dev_loss"], "test_accuracy": result.final_test["accuracy"],
+               "test_accuracy_before": result.initial_test["accuracy"],
+               "median_step_seconds": result.median_step_seconds,
+               "policy_seconds_per_step": result.policy_seconds_per_step,
+               "curve": [(e["step"], e["dev_loss"]) for e in result.evals]}
+    data = json.loads(path.read_text())
+    data["summary"] = summary
+    write_json(path, data)
+    return summary
+
+
+class _StaticSigma:
+    """The static baseline's sigma as a hook (named, so results files say what ran)."""
+
+    def __init__(self, sigma: dict[str, float]):
+        self.sigma = sigma
+
+    def __call__(self, info) -> dict[str, float]:
+        return self.sigma
+
+
+# Student's t, 97.5% quantile, for 1..30 degrees of freedom (standard tables); the normal's 1.96 beyond.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    df = len(values) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def paired(rows: list[dict], a: str, b: str) -> dict:
+    """Win rate of ``a`` over ``b`` on final dev loss, and accuracy differences a - b with 95% intervals."""
+    keyed = {(r["task"], r["seed"], r["arm"]): r for r in rows}
+    pairs = [(keyed[(t, s, a)], keyed[(t, s, b)]) for (t, s, arm) in keyed if arm == a and (t, s, b) in keyed]
+    if not pairs:
+        return {}
+    dev, dev_ci = interval([x["dev_accuracy"] - y["dev_accuracy"] for x, y in pairs])
+    test, test_ci = interval([x["test_accuracy"] - y["test_accuracy"] for x, y in pairs])
+    loss, loss_ci = interval([x["dev_loss"] - y["dev_loss"] for x, y in pairs])
+    return {"pairs": len(pairs), "win_rate_dev_loss": sum(x["dev_loss"] < y["dev_loss"] for x, y in pairs) / len(pairs),
+            "dev_loss_diff": loss, "dev_loss_diff_ci95": loss_ci, "dev_accuracy_diff": dev,
+            "dev_accuracy_diff_ci95": dev_ci, "test_accuracy_diff": test, "test_accuracy_diff_ci95": test_ci}
+
+
+def make_derivative(model: str, task: str, out: Path, steps: int = 60) -> Path:
+    """``model`` fine-tuned with FO-Adam on ``task``, saved as a model folder (same architecture fingerprint)."""
+    folder = out / f"derivative_{Path(task).stem}"
+    if (folder / "config.json").exists():
+        return folder
+    loaded = load_model(model)
+    config = FinetuneConfig(model=model, task=task, optimizer="fo-adam", steps=steps, eval_every=steps,
+                            output=str(out / f"derivative_{Path(task).stem}.json"))
+    finetune(config, loaded=loaded, progress=False)
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument("--scheme", default="full")
+    parser.add_argument("--policy", required=True, help="FILE or MODEL[@VERSION] (local registry)")
+    parser.add_argument("--registry", default=None)
+    parser.add_argument("--tasks", default=",".join(EVALUATION_TASKS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=None, help="equal-lr arms (default: the policy's recommended)")
+    parser.add_argument("--lr-grid", default=None, help="comma-separated lrs for the own-best-lr comparison")
+    parser.add_argument("--grid-tasks", type=int, default=3)
+    parser.add_argument("--grid-seeds", type=int, default=2)
+    parser.add_argument("--derivative", default=None, help="task to make a derivative on (transfer check)")
+    parser.add_argument("--derivative-tasks", type=int, default=3)
+    parser.add_argument("--derivative-seeds", type=int, default=2)
+    parser.add_argument("--dev-size", type=int, default=200)
+    parser.add_argument("--test-size", type=int, default=200)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+
+    artifact = open_policy(args.policy, registry_root=args.registry)
+    policy_file = str(artifact.path)
+    lr = args.lr or artifact.recommended()["lr"]
+    tasks = [t for t in args.tasks.split(",") if t]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.output or f"benchmarks/results/policy_eval/{args.model}_{args.scheme}".replace("/", "-"))
+    out.mkdir(parents=True, exist_ok=True)
+    base = FinetuneConfig(model=args.model, scheme=args.scheme, steps=args.steps, eval_every=max(1, args.steps // 4),
+                          dev_size=args.dev_size, test_size=args.test_size, lr=lr)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    equal = []
+    for task in tasks:
+        for seed in seeds:
+            for arm in ("policy", "sigma=1"):
+                equal.append(run_arm(replace(base, task=task, seed=seed), arm, policy_file, out / "equal_lr"))
+            say(f"equal lr {lr:g}: {task} seed {seed}: dev loss policy {equal[-2]['dev_loss']:.4f} "
+                f"vs sigma=1 {equal[-1]['dev_loss']:.4f}")
+    summary = {"model": args.model, "scheme": args.scheme, "policy": artifact.summary(), "lr": lr,
+               "steps": args.steps, "tasks": tasks, "seeds": seeds, "equal_lr": paired(equal, "policy", "sigma=1"),
+               "equal_lr_rows": equal}
+
+    if args.lr_grid:
+        grid = [float(x) for x in args.lr_grid.split(",")]
+        rows = []
+        for task in tasks[:args.grid_tasks]:
+            for seed in seeds[:args.grid_seeds]:
+                for value in grid:
+                    for arm in ARMS:
+                        rows.append(run_arm(replace(base, task=task, seed=seed, lr=value), arm, policy_file,
+                                            out / "lr_grid"))
+                say(f"lr grid: {task} seed {seed} done")
+        best = {}
+        for arm in ARMS:
+            means = {v: statistics.fmean(r["dev_loss"] for r in rows if r["arm"] == arm and r["lr"] == v)
+                     for v in grid}
+            best[arm] = min(grid, key=means.get)
+        at_best = [r for r in rows if r["lr"] == best[r["arm"]]]
+        summary["own_best_lr"] = {"grid": grid, "best_lr": best,
+                                  "policy_vs_sigma1": paired(at_best, "policy", "sigma=1"),
+                                  "policy_vs_static": paired(at_best, "policy", "static"),
+                                  "static_vs_sigma1": paired(at_best, "static", "sigma=1"), "rows": rows}
+
+    if args.derivative:
+        folder = make_derivative(args.model, args.derivative, out)
+        rows = []
+        for task in tasks[:args.derivative_tasks]:
+            for seed in seeds[:args.derivative_seeds]:
+                for arm in ("policy", "sigma=1"):
+                    rows.append(run_arm(replace(base, task=task, seed=seed), arm, policy_file, out / "derivative",
+                                        model=str(folder)))
+        summary["transfer"] = {"derivative_of": args.model, "fine_tuned_on": args.derivative,
+                               "policy_vs_sigma1": paired(rows, "policy", "sigma=1"), "rows": rows}
+
+    training = json.loads(artifact.metadata["training_config"])
+    steps_cost = [r["policy_seconds_per_step"] / r["median_step_seconds"] for r in equal if r["arm"] == "policy"]
+    summary["policy_size"] = {"numbers": training.get("policy_numbers"), "bytes": training.get("policy_bytes"),
+                              "file_bytes": Path(policy_file).stat().st_size,
+                              "cost_fraction_of_step": statistics.median(steps_cost) if steps_cost else None}
+    write_json(out / "summary.json", summary)
+    atomic_write_text(out / "report.md", report(summary, " ".join(sys.argv)))
+    print(report(summary, " ".join(sys.argv)))
+
+
+def _fmt(p: dict) -> str:
+    if not p:
+        return "n/a"
+    return (f"win rate {p['win_rate_dev_loss']:.0%} ({p['pairs']} pairs); dev loss {p['dev_loss_diff']:+.4f} "
+            f"+- {p['dev_loss_diff_ci95']:.4f}; dev acc {p['dev_accuracy_diff']:+.3f} "
+            f"+- {p['dev_accuracy_diff_ci95']:.3f}; "
+            f"test acc {p['test_accuracy_diff']:+.3f} +- {p['test_accuracy_diff_ci95']:.3f}")
+
+
+def report(summary: dict, command: str) -> str:
+    """Markdown for ``summary``."""
+    lines = [f"# Learned policy vs sigma = 1: {summary['model']} ({summary['scheme']})", "",
+             f"Command: `{command}`", "",
+             f"Policy `{summary['policy']['model']}@{summary['policy']['version']}` (sha256 "
+             f"`{summary['policy']['sha256'][:12]}`), {summary['policy_size']['numbers']} numbers, "
+             f"{summary['policy_size']['file_bytes']} bytes on disk; its cost per step: "
+             f"{(summary['policy_size']['cost_fraction_of_step'] or 0):.4%} of a step. "
+             f"{summary['steps']} steps per run; differences are policy - other, 95% t-intervals over task x seed.", "",
+             f"- **Equal lr** ({summary['lr']:g}): {_fmt(summary['equal_lr'])}"]
+    if "own_best_lr" in summary:
+        grid = summary["own_best_lr"]
+        lines += [f"- **Own best lr** (grid {grid['grid']}, best: {grid['best_lr']}): policy vs sigma=1: "
+                  f"{_fmt(grid['policy_vs_sigma1'])}",
+                  f"  - policy vs static gradient profile: {_fmt(grid['policy_vs_static'])}",
+                  f"  - static vs sigma=1: {_fmt(grid['static_vs_sigma1'])}"]
+    if "transfer" in summary:
+        t = summary["transfer"]
+        lines.append(f"- **Transfer** (derivative fine-tuned on {t['fine_tuned_on']}): {_fmt(t['policy_vs_sigma1'])}")
+    lines += ["", "| task | seed | arm | lr | dev loss start -> end | dev acc | test acc before -> after |",
+              "|---|---|---|---|---|---|---|"]
+    for r in summary["equal_lr_rows"]:
+        lines.append(f"| {r['task']} | {r['seed']} | {r['arm']} | {r['lr']:g} | {r['dev_loss_start']:.4f} -> "
+                     f"{r['dev_loss']:.4f} | {r['dev_accuracy']:.3f} | {r['test_accuracy_before']:.3f} -> "
+                     f"{r['test_accuracy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
