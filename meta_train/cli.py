@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--validation-tasks", default=",".join(VALIDATION_TASKS),
                    help="held-out pool: scores the policy while it trains and picks its lr (train/dev splits)")
     p.add_argument("--validate-every", type=int, default=d.validate_every)
-    p.add_argument("--validation-steps", type=int, default=d.validation_steps)
+    p.add_argument("--validation-steps", type=int, default=d.validation_steps,
+                   help="ZO steps of each validation run (the held-out gap, and the policy selection)")
+    p.add_argument("--validation-seeds", type=int, default=d.validation_seeds, help="validation runs per task")
     p.add_argument("--final-steps", type=int, default=d.final_steps, help="steps of the final validation fine-tunes")
     p.add_argument("--lr-grid", default=None, help="comma-separated lrs the final validation chooses from")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -69,7 +71,7 @@ def _run(args: argparse.Namespace) -> None:
         train_size=args.train_size,
         policy=PolicyConfig(max_ratio=args.max_ratio), train_tasks=_names(args.train_tasks),
         validation_tasks=_names(args.validation_tasks), validate_every=args.validate_every,
-        validation_steps=args.validation_steps, final_steps=args.final_steps,
+        validation_steps=args.validation_steps, validation_seeds=args.validation_seeds, final_steps=args.final_steps,
         lr_grid=_floats(args.lr_grid) if args.lr_grid else None,
         checkpoint_every=args.checkpoint_every, seed=args.seed, output=args.output, registry=args.registry,
         server=args.server, token_file=args.token_file, push=not args.no_push)

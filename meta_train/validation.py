@@ -32,12 +32,13 @@ class HeldoutGap:
     def __init__(self, config: MetaTrainConfig, scorer: Scorer, trajectory: Trajectory):
         self.config, self.scorer, self.trajectory = config, scorer, trajectory
         self.runs = []
-        for i, task in enumerate(config.validation_tasks):
+        for task in config.validation_tasks:
             splits = load_task(task, seed=config.seed, train_size=config.train_size)
-            rng = episode_rng(config.seed, -1, i)  # rank -1: never a worker's stream
-            batches = [rng.sample(splits.train, min(config.batch_size, len(splits.train)))
-                       for _ in range(config.validation_steps)]
-            self.runs.append((task, batches, splits.dev[:DEV_SLICE]))
+            for _ in range(config.validation_seeds):
+                rng = episode_rng(config.seed, -1, len(self.runs))  # rank -1: never a worker's stream
+                batches = [rng.sample(splits.train, min(config.batch_size, len(splits.train)))
+                           for _ in range(config.validation_steps)]
+                self.runs.append((task, batches, splits.dev[:DEV_SLICE]))
         self.reference: dict[str, float] | None = None
 
     def _run(self, policy: PerturbationPolicy | None, index: int) -> float:
@@ -53,16 +54,18 @@ class HeldoutGap:
         return self.scorer.evaluate(dev)["loss"]
 
     def __call__(self, policy: PerturbationPolicy) -> dict:
-        """Per-task dev losses (policy, sigma = 1) and the mean relative gap; theta is left as it was found."""
+        """Per-run dev losses (policy, sigma = 1) and the mean relative gap; theta is left as it was found."""
         parked = self.trajectory.snapshot()
         try:
             if self.reference is None:
-                self.reference = {task: self._run(None, i) for i, (task, _, _) in enumerate(self.runs)}
-            losses = {task: self._run(policy, i) for i, (task, _, _) in enumerate(self.runs)}
+                self.reference = [self._run(None, i) for i in range(len(self.runs))]
+            losses = [self._run(policy, i) for i in range(len(self.runs))]
         finally:
             self.trajectory.restore(parked)
-        gaps = [(losses[t] - self.reference[t]) / self.reference[t] for t in losses]
-        return {"heldout_gap": sum(gaps) / len(gaps), "policy_loss": losses, "mezo_loss": dict(self.reference)}
+        gaps = [(loss - ref) / ref for loss, ref in zip(losses, self.reference, strict=True)]
+        names = [f"{task}#{i}" for i, (task, _, _) in enumerate(self.runs)]
+        return {"heldout_gap": sum(gaps) / len(gaps), "policy_loss": dict(zip(names, losses, strict=True)),
+                "mezo_loss": dict(zip(names, self.reference, strict=True))}
 
 
 def final_validation(config: MetaTrainConfig, policy_file: Path, output: Path,
