@@ -146,3 +146,36 @@ def test_finetune_batch_applies_the_served_policy_recommendations(registry, serv
     assert summary["rows"][0]["steps"] == 3 and summary["rows"][0]["lr"] == 0.002
     assert "policy tiny-base@1" in lines[0] and "perturbation sigma = 1 (MeZO)" in lines[0]
     assert "policy `tiny-base@1`" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_finetune_batch_runs_a_served_learned_policy_and_keys_resume_on_its_sha256(registry, server, tiny_causal_dir,
+                                                                                  tmp_path, monkeypatch):
+    from test_policy import trained_looking
+
+    from l2lzo.policy_net import PerturbationPolicy
+    from meta_train.artifact import build_policy_artifact
+    from meta_train.config import MetaTrainConfig
+
+    monkeypatch.setenv("L2LZO_CACHE_DIR", str(tmp_path / "l2lzo-cache"))
+    tiny_fingerprint = fingerprint(load_model(str(tiny_causal_dir)).model)
+
+    def push(seed: int):
+        policy = trained_looking(PerturbationPolicy(), seed, 0.5)
+        data = build_policy_artifact(policy, MetaTrainConfig(model="tiny-base"), fingerprint=tiny_fingerprint,
+                                     recommended_lr=2e-3, metrics={})
+        return registry.push(data, "tiny-base")
+
+    first = push(1)
+    task = tmp_path / "toy.jsonl"
+    task.write_text("".join(json.dumps({"text": f"item {i}", "label": "ab"[i % 2]}) + "\n" for i in range(40)))
+    config = BatchConfig(model=str(tiny_causal_dir), tasks=[str(task)], server=server, steps=2,
+                         output_dir=str(tmp_path / "out"),
+                         finetune={"batch_size": 4, "train_size": 8, "dev_size": 8, "test_size": 8, "eval_every": 2})
+    summary = finetune_batch(config, progress=False, say=lambda _: None)
+    assert summary["plan"]["perturbation"].startswith("learned policy tiny-base@1")
+    results = json.loads((tmp_path / "out" / "tasks" / "toy.json").read_text())
+    assert results["policy"]["sha256"] == first.sha256 and results["final_sigma"]
+    assert finetune_batch(config, progress=False, say=lambda _: None)["rows"][0]["status"] == "skipped (done)"
+    push(2)  # a new latest version: the finished task was made with another policy, so it is not reused
+    with pytest.raises(L2LZOError, match=r"different settings \(policy\)"):
+        finetune_batch(config, progress=False, say=lambda _: None)
