@@ -11,6 +11,9 @@ Every run is one ``l2lzo finetune`` (same seeds, data, forwards, eps for all arm
 3. **transfer** (``--derivative TASK``) -- the base model fine-tuned with FO-Adam on TASK (a task the evaluation
    does not use) is a derivative with the base's fingerprint; the policy vs sigma = 1 from there.
 
+Runs already in ``--output`` are read, not rerun: evaluations of disjoint task lists can run side by side
+(``--threads 1`` each), and a last invocation over all tasks writes the report from their results.
+
 Reported (``report.md``, ``summary.json``): the win rate on final dev loss, the mean dev- and test-accuracy
 difference (policy - sigma = 1) with a 95% t-interval over task x seed pairs, per-task rows, the lr-grid table,
 the transfer table, and the policy's size and cost per step.
@@ -144,7 +147,14 @@ def main() -> None:
     parser.add_argument("--dev-size", type=int, default=200)
     parser.add_argument("--test-size", type=int, default=200)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (run several evaluations on disjoint --tasks side by side with 1 each; a "
+                             "last run over all tasks then only reads their results and writes the report)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     artifact = open_policy(args.policy, registry_root=args.registry)
     policy_file = str(artifact.path)

@@ -25,9 +25,29 @@ import torch
 from l2lzo.errors import L2LZOError
 from meta_train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from meta_train.config import MetaTrainConfig
-from meta_train.loop import meta_train_loop
+from meta_train.loop import TqdmProgress, meta_train_loop
 
 SWEEP_SPACE = {"meta_lr": (0.003, 0.1), "lr_factor": (0.5, 1.0, 2.0), "eps": (1e-4, 1e-3, 1e-2)}
+
+
+class RayProgress:
+    """``Progress`` from a Ray worker: Ray's tqdm draws the bar on the driver; lines are plain prints."""
+
+    def __init__(self, total: int, done: int):
+        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+        self.bar = ray_tqdm(desc="meta-train", total=total)
+        self.bar.n = done
+
+    def step(self, description: str) -> None:
+        self.bar.set_description(f"meta-train ({description})")
+        self.bar.update()
+
+    def write(self, line: str) -> None:
+        print(line, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class RayRuntime:
@@ -38,6 +58,9 @@ class RayRuntime:
 
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    def progress(self, total: int, done: int):
+        return RayProgress(total, done) if self.rank == 0 else TqdmProgress(total, done, enabled=False)
 
     def all_reduce_mean(self, tensors: Sequence[torch.Tensor]) -> None:
         import torch.distributed as dist
@@ -77,8 +100,7 @@ class RayRuntime:
 def _worker(loop_config: dict) -> None:
     """One Ray Train worker: its share of the cores, then the loop."""
     torch.set_num_threads(loop_config["threads"])
-    runtime = RayRuntime()
-    meta_train_loop(MetaTrainConfig.from_json(loop_config["config"]), runtime, progress=runtime.rank == 0)
+    meta_train_loop(MetaTrainConfig.from_json(loop_config["config"]), RayRuntime())
 
 
 def _init_ray(address: str | None) -> bool:
@@ -88,8 +110,10 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     env = {k: v for k, v in os.environ.items() if k.startswith(("L2LZO_", "HF_", "XDG_"))}
+    # ERROR in every Ray process too: without the dashboard (not installed) Ray Train's placement-group monitor
+    # warns every few seconds that the state API is unavailable. The loop's own lines are prints: they show.
     ray.init(address=address, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": env})
+             logging_config=ray.LoggingConfig(log_level="ERROR"), runtime_env={"env_vars": env})
     return True
 
 

@@ -30,11 +30,26 @@ from meta_train.objective import look_ahead
 from meta_train.validation import HeldoutGap
 
 
+class Progress(Protocol):
+    """A progress bar that can also print a line."""
+
+    def step(self, description: str) -> None:
+        """One meta-step done; ``description`` shows beside the bar."""
+
+    def write(self, line: str) -> None:
+        """A log line (above the bar)."""
+
+    def close(self) -> None: ...
+
+
 class Runtime(Protocol):
     """What the loop needs from where it runs."""
 
     rank: int
     world_size: int
+
+    def progress(self, total: int, done: int) -> Progress:
+        """The bar of the meta-steps (rank 0 shows it)."""
 
     def all_reduce_mean(self, tensors: Sequence[torch.Tensor]) -> None:
         """Average ``tensors`` in place over the workers."""
@@ -46,14 +61,37 @@ class Runtime(Protocol):
         """Publish one meta-step's metrics; with ``state``, also a checkpoint of it (rank 0's counts)."""
 
 
+class TqdmProgress:
+    """``Progress`` on a terminal (tqdm); silent when ``enabled`` is False."""
+
+    def __init__(self, total: int, done: int, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = tqdm(total=total, initial=done, desc="meta-train", disable=not enabled)
+
+    def step(self, description: str) -> None:
+        self.bar.set_postfix_str(description)
+        self.bar.update()
+
+    def write(self, line: str) -> None:
+        if self.enabled:
+            tqdm.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class LocalRuntime:
     """One process, no Ray: checkpoints go to ``folder`` (tests, debugging)."""
 
     rank, world_size = 0, 1
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, show_progress: bool = True):
         self.folder = Path(folder)
+        self.show_progress = show_progress
         self.reports: list[dict] = []
+
+    def progress(self, total: int, done: int) -> Progress:
+        return TqdmProgress(total, done, self.show_progress)
 
     def all_reduce_mean(self, tensors: Sequence[torch.Tensor]) -> None:
         return None
@@ -70,8 +108,8 @@ class LocalRuntime:
             save_checkpoint(state, self.folder)
 
 
-def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedModel | None = None,
-                    progress: bool = True) -> TrainingState:
+def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedModel | None = None
+                    ) -> TrainingState:
     """Meta-train a policy for ``config.meta_steps`` steps (continuing from the runtime's last checkpoint).
 
     ``loaded`` (the base model, before the scheme) is for tests; by default ``config.model`` is loaded.
@@ -84,14 +122,13 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
     pool = TaskPool(config.train_tasks, train_size=config.train_size, seed=config.seed)
     policy = PerturbationPolicy(config.policy)
     state = TrainingState(policy, torch.optim.Adam(policy.parameters(), lr=config.meta_lr))
-    say = tqdm.write if runtime.rank == 0 else (lambda _: None)
+    bar = runtime.progress(config.meta_steps, state.meta_step)
+    say = bar.write
     if runtime.restore(state):
         say(f"resumed at meta-step {state.meta_step} from the last checkpoint")
     heldout_gap = HeldoutGap(config, scorer, trajectory) if runtime.rank == 0 else None
     horizon = config.reset_every * config.inner_steps  # ZO steps per trajectory: the policy's "run length"
 
-    bar = tqdm(total=config.meta_steps, initial=state.meta_step, desc="meta-train",
-               disable=not progress or runtime.rank != 0)
     optimizer, sigma, task = None, None, None
     last_gap = next((h["heldout_gap"] for h in reversed(state.history) if "heldout_gap" in h), None)
     while state.meta_step < config.meta_steps:
@@ -138,7 +175,6 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
         runtime.report(record, state if checkpoint else None)
         if checkpoint:
             say(f"checkpoint at meta-step {state.meta_step}")
-        bar.set_postfix(meta_loss=f"{record['meta_loss']:.3f}", task=task)
-        bar.update()
+        bar.step(f"meta-loss {record['meta_loss']:.3f}, {record['seconds']:.1f} s/step, {task}")
     bar.close()
     return state

@@ -110,16 +110,16 @@ def tiny_config(tmp_path, **overrides) -> MetaTrainConfig:
 
 def test_the_loop_learns_checkpoints_and_resumes(tmp_path):
     config = tiny_config(tmp_path)
-    runtime = LocalRuntime(tmp_path / "ckpt")
-    full = meta_train_loop(config, runtime, loaded=tiny_model(CAUSAL), progress=False)
+    runtime = LocalRuntime(tmp_path / "ckpt", show_progress=False)
+    full = meta_train_loop(config, runtime, loaded=tiny_model(CAUSAL))
     assert [h["meta_step"] for h in full.history] == list(range(1, 7))
     assert {"heldout_gap", "policy_loss", "mezo_loss"} <= set(full.history[2]) and "heldout_gap" in full.history[3]
     assert any(h["sigma_max"] > h["sigma_min"] + 1e-3 for h in full.history)  # the policy moved off sigma = 1
 
     # A run stopped after meta-step 4 (its last checkpoint) and resumed ends where an uninterrupted run does.
-    stopped = LocalRuntime(tmp_path / "ckpt2")
-    meta_train_loop(tiny_config(tmp_path, meta_steps=4), stopped, loaded=tiny_model(CAUSAL), progress=False)
-    resumed = meta_train_loop(config, stopped, loaded=tiny_model(CAUSAL), progress=False)
+    stopped = LocalRuntime(tmp_path / "ckpt2", show_progress=False)
+    meta_train_loop(tiny_config(tmp_path, meta_steps=4), stopped, loaded=tiny_model(CAUSAL))
+    resumed = meta_train_loop(config, stopped, loaded=tiny_model(CAUSAL))
     assert [h["meta_step"] for h in resumed.history] == list(range(1, 7))
     assert len(stopped.reports) == 4 + 2  # only the missing meta-steps ran again
 
