@@ -132,6 +132,11 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({self.root!r})"
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the root is on the local filesystem (reads are syscalls, not network round trips)."""
+        return isinstance(self._storage, LocalStorage)
+
     # -- writing ---------------------------------------------------------------------------------------------
 
     def push(self, data: bytes, model: str) -> Pushed:
