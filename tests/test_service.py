@@ -519,14 +519,19 @@ def test_serve_command_end_to_end(tmp_path):
     token_file.chmod(0o644)  # readable by others: served, with a warning
     log = tmp_path / "server.log"
     with service_process(log, "--registry", str(tmp_path / "registry"), "--token-file", str(token_file),
-                         "--log-level", "warning", "--header-timeout", "1") as (url, server), \
+                         "--log-level", "warning", "--header-timeout", "1", "--body-timeout", "1.5") as (url, server), \
             httpx.Client(base_url=url, timeout=10) as http:
-        idle, began = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))), time.monotonic()
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        idle, stalled, began = socket.create_connection(address), socket.create_connection(address), time.monotonic()
+        stalled.sendall(f"POST /v1/models/minilm-l6/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                        "Content-Length: 1000\r\n\r\n".encode() + b"\0" * 10)
         assert http.get("/healthz").json() == {"status": "ok", "models": 0}
         assert _push(http, "minilm-l6", make_artifact("minilm-l6")).status_code == 201
         assert http.get("/v1/models/minilm-l6/versions/1").status_code == 200
-        with idle:
-            assert 0.9 <= _read_until_closed(idle, began, 10)[1] <= 3  # --header-timeout reached the server
+        with idle, stalled:  # the timeouts given on the command line reached the server
+            assert 0.9 <= _read_until_closed(idle, began, 10)[1] <= 3
+            received, seconds = _read_until_closed(stalled, began, 10)
+            assert received.startswith(b"HTTP/1.1 408 ") and 1.4 <= seconds <= 3.5
     assert server.returncode == 0, log.read_text()
     output = log.read_text()
     assert "readable by other users" in output and TOKEN not in output
