@@ -201,7 +201,7 @@ def create_app(registry: Registry, *, token: str | None, max_upload_bytes: int =
             304: {"description": "If-None-Match matched: the client's copy is current (no body)"},
             **_errors(400, 404, 500),
         },
-        # Read from every header line (see download); declared here because a scalar Header() reads the first only.
+        # Read from every header line (_download_response); declared here: a scalar Header() reads the first only.
         openapi_extra={"parameters": [{
             "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
             "description": "ETags the client has: '*' or quoted tags, comma-separated, on one line or several"}]},
