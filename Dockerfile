@@ -32,4 +32,13 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
 ENTRYPOINT ["l2lzo"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--registry", "/data/registry"]
+# The port is meant to be published, so the timeouts and limits are spelled out (these are l2lzo serve's
+# defaults; see `l2lzo serve --help`): a connection that has not sent a request's complete headers 10 s after it
+# opened or got its last response is closed; an upload body not complete 60 s after its headers gets 408 and
+# the connection is closed (raise it for slow links: 16 MiB in 60 s needs ~280 KB/s); idle keep-alive
+# connections close after 5 s; at most 200 connections are served at once (a request arriving while more are
+# open gets 503). Override them by giving the whole command, e.g.
+#   docker run -p 8000:8000 -v l2lzo-registry:/data l2lzo serve --host 0.0.0.0 --registry /data/registry --body-timeout 300
+# At start-up the server deletes temp files that killed uploads left in the registry.
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000", "--registry", "/data/registry", \
+     "--header-timeout", "10", "--body-timeout", "60", "--keep-alive-timeout", "5", "--max-connections", "200"]

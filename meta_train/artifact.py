@@ -53,14 +53,14 @@ def publish(data: bytes, config: MetaTrainConfig) -> str:
             record = client.upload(model, data, token)
     else:
         try:
-            record = Registry(config.registry).push(data, model).to_json()
+            record = Registry(config.registry).push(data, model).record.to_json()
         except RegistryError as exc:
             raise L2LZOError(f"cannot store the policy: {exc}") from exc
     return f"{record['model']}@{record['version']}"
 
 
 def _token(token_file: str | None) -> str:
-    from service.cli import load_token
+    from registry.tokens import load_token
 
     token = load_token(token_file)
     if token is None:

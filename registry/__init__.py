@@ -13,11 +13,22 @@ from registry.errors import (
     NotFound,
     RegistryError,
 )
-from registry.ids import model_dirname, normalize_model_id
-from registry.store import ModelSummary, Record, Registry, default_root
+from registry.ids import MODEL_ID_PATTERN, exact_model_id, model_dirname, normalize_model_id
+from registry.store import (
+    FINGERPRINT_PATTERN,
+    VERSION_PATTERN,
+    ModelSummary,
+    Pushed,
+    Record,
+    Registry,
+    default_root,
+)
 
 __all__ = [
+    "FINGERPRINT_PATTERN",
+    "MODEL_ID_PATTERN",
     "SCHEMA_VERSION",
+    "VERSION_PATTERN",
     "ArtifactInfo",
     "CorruptArtifact",
     "InvalidArtifact",
@@ -25,12 +36,14 @@ __all__ = [
     "InvalidRequest",
     "ModelSummary",
     "NotFound",
+    "Pushed",
     "Record",
     "Registry",
     "RegistryError",
     "TensorInfo",
     "build_artifact",
     "default_root",
+    "exact_model_id",
     "model_dirname",
     "normalize_model_id",
     "parse_artifact",

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pull.set_defaults(func=_run_pull)
 
     verify = sub.add_parser("verify", help="re-check every stored file; exits non-zero when problems are found")
+    verify.add_argument("--repair", action="store_true",
+                        help="first delete the temp files that interrupted pushes left (the only problem that is "
+                             "safe to fix automatically; `l2lzo serve` also does this when it starts)")
     verify.set_defaults(func=_run_verify)
     return parser
 
@@ -114,9 +117,13 @@ def _run_push(args: argparse.Namespace) -> None:
         data = path.read_bytes()
     except OSError as exc:
         raise RegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
-    record = registry.push(data, args.model)
-    print(f"pushed {record.model} version {record.version} ({record.size} bytes, sha256 {record.sha256}) "
-          f"to {registry.root}")
+    record, created = registry.push(data, args.model)
+    if created:
+        print(f"pushed {record.model} version {record.version} ({record.size} bytes, sha256 {record.sha256}) "
+              f"to {registry.root}")
+    else:
+        print(f"{record.model} version {record.version} in {registry.root} already holds these bytes "
+              f"(sha256 {record.sha256}): nothing pushed")
 
 
 def _run_pull(args: argparse.Namespace) -> None:
@@ -134,6 +141,13 @@ def _run_pull(args: argparse.Namespace) -> None:
 
 def _run_verify(args: argparse.Namespace) -> None:
     registry = _open(args)
+    if args.repair:
+        try:
+            removed = registry.remove_stale_temp_files()
+        except OSError as exc:
+            raise RegistryError(f"cannot repair registry {registry.root}: {exc.strerror or exc}") from None
+        for location in removed:
+            print(f"removed {location} (left by an interrupted push)")
     problems = registry.verify()
     for problem in problems:
         print(problem)

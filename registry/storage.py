@@ -2,20 +2,21 @@
 
 Layout under the root: ``models/<model dirname>/v000001.safetensors``. Version files are created once and never
 modified; names are zero-padded so lexical order is numeric order. A file whose name starts with ``.tmp-`` is
-an upload in progress (or left by a crashed one) and is ignored by every reader.
+an upload in progress (or left by a crashed one) and is ignored by every reader. On a local root each model
+directory also holds ``.lock``, which writers of that model hold while they write.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
 import threading
-import time
-from collections.abc import Iterable
-from contextlib import suppress
-from datetime import UTC
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -23,6 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 from registry.errors import RegistryError
 
 TEMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
 MODELS_DIR = "models"
 _VERSION_FILE = re.compile(r"v([0-9]{6,})\.safetensors")
 # os.write may return a short count, so writes loop; 1 MiB per call keeps any single blocking syscall short.
@@ -51,10 +53,13 @@ def next_version(names: Iterable[str], floor: int = 0) -> int:
 class LocalStorage:
     """A registry root on the local filesystem.
 
-    ``create_version`` writes a temp file, fsyncs it, then ``os.link``s it to the version's name: link is atomic
-    and fails rather than replacing an existing file, so concurrent writers (threads or processes) always get
-    distinct versions, a reader never sees a partial file, and a crash leaves at most a stale temp file.
-    Requires a filesystem with hard links (any POSIX local filesystem).
+    Writers of a model take an exclusive ``flock`` on its ``.lock`` file (``writing``), then ``create_version``
+    writes a temp file, fsyncs it, and ``os.link``s it to the version's name: link is atomic and fails rather than
+    replacing an existing file, so concurrent writers (threads or processes) always get distinct versions, a
+    reader never sees a partial file, and a crash leaves at most a temp file. The kernel drops a dead process's
+    lock, so a temp file found while holding the lock belongs to no live writer: it is stale, whatever its age
+    (``stale_temp_files``). Requires a filesystem with hard links and ``flock`` (any POSIX local filesystem; NFS
+    emulates ``flock`` with POSIX locks).
     """
 
     def __init__(self, root: Path):
@@ -83,12 +88,7 @@ class LocalStorage:
 
     def stat(self, dirname: str, name: str) -> tuple[int, str | None]:
         """``(size, change token)``; the token changes whenever the file could have (``FileNotFoundError``)."""
-        st = os.stat(self.models_dir / dirname / name)
-        return st.st_size, f"{st.st_mtime_ns}:{st.st_ino}"
-
-    def age_seconds(self, dirname: str, name: str) -> float | None:
-        """Seconds since the file was last modified."""
-        return time.time() - os.stat(self.models_dir / dirname / name).st_mtime
+        return _size_and_token(os.stat(self.models_dir / dirname / name))
 
     def read(self, dirname: str, name: str, limit: int) -> bytes:
         """The file's bytes; reads at most ``limit + 1`` so an oversized file is detected, not loaded."""
@@ -100,14 +100,30 @@ class LocalStorage:
         with open(self.models_dir / dirname / name, "rb") as handle:
             return handle.read(length)
 
-    def create_version(self, dirname: str, data: bytes) -> int:
-        """Store ``data`` as the next version of the model in ``dirname``; returns that version."""
+    def open(self, dirname: str, name: str) -> tuple[BinaryIO, int, str | None]:
+        """The open file with ``(size, change token)`` of exactly what it reads (from ``fstat``, not the path)."""
+        handle = open(self.models_dir / dirname / name, "rb")  # noqa: SIM115 -- the caller closes it
+        try:
+            return handle, *_size_and_token(os.fstat(handle.fileno()))
+        except BaseException:
+            handle.close()
+            raise
+
+    @contextmanager
+    def writing(self, dirname: str) -> Iterator[None]:
+        """Hold the model's write lock (creating its directory), waiting for other writers of that model."""
         model_dir = self.models_dir / dirname
         if not model_dir.is_dir():
             model_dir.mkdir(parents=True, exist_ok=True)
             # Make the new directory entries durable too, or a crash could lose a "durable" version.
             _fsync_dir(self.models_dir)
             _fsync_dir(self.root)
+        with self._locked(dirname, wait=True):
+            yield
+
+    def create_version(self, dirname: str, data: bytes) -> int:
+        """Store ``data`` as the next version of the model in ``dirname`` (inside ``writing``); returns it."""
+        model_dir = self.models_dir / dirname
         temp = model_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         try:
             self.write_temp(temp, data)
@@ -118,12 +134,40 @@ class LocalStorage:
                     os.link(temp, model_dir / version_filename(version))
                     break
                 except FileExistsError:
-                    continue  # another writer took this number: list again, try higher
+                    continue  # a writer that does not lock (an older l2lzo) took this number: list again
         finally:
             with suppress(FileNotFoundError):
                 os.unlink(temp)
         _fsync_dir(model_dir)
         return version
+
+    def stale_temp_files(self, dirname: str) -> list[str]:
+        """Temp files in the model directory that no live writer owns (``OSError`` if the lock cannot be opened).
+
+        Empty while a push of this model is in progress: its temp file may be among them.
+        """
+        if not any(name.startswith(TEMP_PREFIX) for name in self.entries(dirname)):
+            return []
+        with self._locked(dirname, wait=False) as held:
+            # Listed under the lock: writers create temp files only while holding it.
+            return [name for name in self.entries(dirname) if name.startswith(TEMP_PREFIX)] if held else []
+
+    def remove(self, dirname: str, name: str) -> None:
+        """Delete one file of a model directory."""
+        os.unlink(self.models_dir / dirname / name)
+
+    @contextmanager
+    def _locked(self, dirname: str, *, wait: bool) -> Iterator[bool]:
+        fd = os.open(self.models_dir / dirname / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
 
     @staticmethod
     def write_temp(path: Path, data: bytes) -> None:
@@ -149,15 +193,16 @@ class FsspecStorage:
     GCS ``ifGenerationMatch=0``, Azure ``overwrite=False``), the loser gets ``FileExistsError`` and retries with
     the next number; fsspec's generic fallback is check-then-write, which leaves a small window in which one such
     push can overwrite another (a lost version, never a mixed file: readers check every file's own sha256).
-    Within one process, pushes through this class are serialised by a lock, so threads never race each other on
-    any driver (``memory://``'s check-then-create included). A temp-then-move scheme would not help: ``mv`` on
-    object stores is copy-then-delete, neither atomic nor exclusive. For filesystems whose writes are visible
-    while in progress (sftp, ftp, ...), mount them and use a local path instead.
+    Within one process, pushes through this class are serialised by a lock (``writing``), so threads never race
+    each other on any driver (``memory://``'s check-then-create included). A temp-then-move scheme would not help:
+    ``mv`` on object stores is copy-then-delete, neither atomic nor exclusive. For filesystems whose writes are
+    visible while in progress (sftp, ftp, ...), mount them and use a local path instead. This class never writes
+    temp files, so any ``.tmp-*`` file it finds (say, copied in from a local root) is stale.
     """
 
     # Shared by all instances: two Registry objects on one root in one process must not race either. Uploads are
     # rare and small, so serialising them costs nothing that matters.
-    _create_lock = threading.Lock()
+    _write_lock = threading.Lock()
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str):
         self.fs, self.url = fs, url
@@ -196,16 +241,6 @@ class FsspecStorage:
         token = next((str(s) for s in stamps if s is not None), None)
         return int(info["size"]), token
 
-    def age_seconds(self, dirname: str, name: str) -> float | None:
-        """Seconds since the file was last modified, or None when the driver cannot tell."""
-        try:
-            modified = self.fs.modified(self._path(dirname, name))
-        except NotImplementedError:
-            return None
-        if modified.tzinfo is None:  # fsspec's convention for naive stamps is UTC
-            modified = modified.replace(tzinfo=UTC)
-        return time.time() - modified.timestamp()
-
     def read(self, dirname: str, name: str, limit: int) -> bytes:
         """The file's bytes; reads at most ``limit + 1`` so an oversized file is detected, not loaded."""
         with self.fs.open(self._path(dirname, name), "rb") as handle:
@@ -215,18 +250,36 @@ class FsspecStorage:
         """The first ``length`` bytes of the file (fewer if it is shorter): one ranged read on object stores."""
         return self.fs.cat_file(self._path(dirname, name), start=0, end=length)
 
-    def create_version(self, dirname: str, data: bytes) -> int:
-        """Store ``data`` as the next version of the model in ``dirname``; returns that version."""
-        with self._create_lock:
+    def open(self, dirname: str, name: str) -> tuple[BinaryIO, int, str | None]:
+        """The open file with its ``(size, change token)``, taken just before opening it."""
+        size, token = self.stat(dirname, name)
+        return self.fs.open(self._path(dirname, name), "rb"), size, token
+
+    @contextmanager
+    def writing(self, dirname: str) -> Iterator[None]:
+        """Hold this process's write lock (creating the model's directory where the filesystem has them)."""
+        with self._write_lock:
             self.fs.makedirs(f"{self.models_dir}/{dirname}", exist_ok=True)
-            version = 0
-            while True:
-                version = next_version(self.entries(dirname), floor=version)
-                try:
-                    self.fs.pipe_file(self._path(dirname, version_filename(version)), data, mode="create")
-                    return version
-                except FileExistsError:
-                    continue  # another writer took this number: list again, try higher
+            yield
+
+    def create_version(self, dirname: str, data: bytes) -> int:
+        """Store ``data`` as the next version of the model in ``dirname`` (inside ``writing``); returns it."""
+        version = 0
+        while True:
+            version = next_version(self.entries(dirname), floor=version)
+            try:
+                self.fs.pipe_file(self._path(dirname, version_filename(version)), data, mode="create")
+                return version
+            except FileExistsError:
+                continue  # another writer took this number: list again, try higher
+
+    def stale_temp_files(self, dirname: str) -> list[str]:
+        """Every temp file in the model directory: no writer of this kind makes them."""
+        return [name for name in self.entries(dirname) if name.startswith(TEMP_PREFIX)]
+
+    def remove(self, dirname: str, name: str) -> None:
+        """Delete one file of a model directory."""
+        self.fs.rm_file(self._path(dirname, name))
 
 
 def open_storage(root: str | os.PathLike) -> LocalStorage | FsspecStorage:
@@ -241,6 +294,10 @@ def open_storage(root: str | os.PathLike) -> LocalStorage | FsspecStorage:
     if isinstance(fs, LocalFileSystem):
         return LocalStorage(Path(path))
     return FsspecStorage(fs, path, text)
+
+
+def _size_and_token(st: os.stat_result) -> tuple[int, str]:
+    return st.st_size, f"{st.st_mtime_ns}:{st.st_ino}"
 
 
 def _fsync_dir(path: Path) -> None:

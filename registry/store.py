@@ -3,8 +3,9 @@
 ``latest`` is the highest valid version, computed from the listing each time (there is no mutable pointer file
 to corrupt). Every file a reader returns has been fully validated (format, metadata, data sha256) and its
 whole-file sha256 (the ETag) computed; both are cached in memory per (file, size, change stamp) so repeated
-requests do not re-read or re-hash, and nothing depends on the cache for correctness (``verify`` bypasses it,
-``read_bytes`` re-checks the sha256 of what it returns).
+requests do not re-read or re-hash. What is re-checked when: ``read_bytes`` re-hashes what it returns;
+``open_verified`` hands out a file whose stamp this process has verified (hashing it first if not);
+``verify`` re-reads everything, bypassing the cache.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 from registry.artifact import (
     HEADER_LENGTH_BYTES,
@@ -31,6 +33,7 @@ from registry.artifact import (
 from registry.errors import CorruptArtifact, InvalidArtifact, InvalidModelId, InvalidRequest, NotFound
 from registry.ids import model_dirname, model_from_dirname, normalize_model_id
 from registry.storage import (
+    LOCK_NAME,
     TEMP_PREFIX,
     FsspecStorage,
     LocalStorage,
@@ -41,13 +44,18 @@ from registry.storage import (
 
 log = logging.getLogger(__name__)
 
-# A push takes well under a second locally and seconds on an object store; a temp file older than this was
-# left by an interrupted push.
-TEMP_GRACE_SECONDS = 600.0
+# The exact forms the registry accepts for a version and a fingerprint (no padding, no stripping), written so
+# that the service can declare them in its OpenAPI schema (ECMA-262 and Python syntax alike; used with fullmatch).
+VERSION_PATTERN = r"^(?:latest|[1-9][0-9]{0,17})$"
+FINGERPRINT_PATTERN = r"^[0-9a-fA-F]{8,128}$"
+_VERSION = re.compile(VERSION_PATTERN)
+_FINGERPRINT = re.compile(FINGERPRINT_PATTERN)
 _CACHE_ENTRIES = 4096
+_VALIDATION_STRIPES = 64
 # One ranged read usually covers a policy's whole header (object stores charge per request).
 _HEADER_READ = 64 * 1024
-_HEX = re.compile(r"[0-9a-f]{8,128}")
+# Hashing an unverified file before serving it: 1 MiB reads bound the memory it takes.
+_HASH_CHUNK = 1024 * 1024
 
 
 def default_root() -> str:
@@ -73,6 +81,14 @@ class Record:
         """A JSON-ready dict (the service's and the CLI's representation)."""
         return {"model": self.model, "version": self.version, "sha256": self.sha256, "size": self.size,
                 "metadata": dict(self.metadata)}
+
+
+class Pushed(NamedTuple):
+    """What ``Registry.push`` did: the stored record, and whether it is a new version (False: the same bytes
+    were already stored as ``record.version``)."""
+
+    record: Record
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -110,17 +126,27 @@ class Registry:
         self._storage: LocalStorage | FsspecStorage = open_storage(self.root)
         self._cache: OrderedDict[tuple, _Cached] = OrderedDict()
         self._lock = threading.Lock()
+        # Striped, so memory stays bounded: one full validation of a given file at a time (see _record).
+        self._validation_locks = tuple(threading.Lock() for _ in range(_VALIDATION_STRIPES))
 
     def __repr__(self) -> str:
         return f"Registry({self.root!r})"
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the root is on the local filesystem (reads are syscalls, not network round trips)."""
+        return isinstance(self._storage, LocalStorage)
+
     # -- writing ---------------------------------------------------------------------------------------------
 
-    def push(self, data: bytes, model: str) -> Record:
-        """Validate ``data`` and store it as the next version of ``model``; returns its record.
+    def push(self, data: bytes, model: str) -> Pushed:
+        """Validate ``data`` and store it as the next version of ``model``, unless a valid version of ``model``
+        already holds exactly these bytes: then nothing is stored and that version is returned (``created`` False).
 
         The artifact's ``base_model`` metadata must name the same model (after normalisation). Raises
-        ``InvalidModelId`` or ``InvalidArtifact`` without storing anything when the input is bad.
+        ``InvalidModelId`` or ``InvalidArtifact`` without storing anything when the input is bad. Pushes of one
+        model are serialised (see ``writing`` in ``registry.storage``), so concurrent pushes of the same bytes
+        make one version.
         """
         model = normalize_model_id(model)
         info = self._parse(data)
@@ -128,10 +154,16 @@ class Registry:
         if base != model:
             raise InvalidArtifact(f"artifact's base_model is {base!r}, not {model!r}")
         dirname = model_dirname(model)
-        version = self._storage.create_version(dirname, bytes(data))
+        with self._storage.writing(dirname):
+            existing = self._identical_version(model, dirname, info.size, info.file_sha256)
+            if existing is not None:
+                log.info("%s version %d already holds these bytes (sha256 %s)", model, existing.version,
+                         existing.sha256)
+                return Pushed(existing, created=False)
+            version = self._storage.create_version(dirname, bytes(data))
         self._remember(dirname, version_filename(version), info.metadata, info.file_sha256)
         log.info("stored %s version %d (%d bytes, sha256 %s)", model, version, info.size, info.file_sha256)
-        return Record(model, version, info.file_sha256, info.size, info.metadata)
+        return Pushed(Record(model, version, info.file_sha256, info.size, info.metadata), created=True)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -209,15 +241,47 @@ class Registry:
                                   f"{record.sha256[:16]}...; run `l2lzo registry verify`")
         return data
 
+    def open_verified(self, record: Record) -> BinaryIO:
+        """The file of ``record``, open for streaming; the caller closes it.
+
+        What was verified: the open file's size and change stamp (inode and mtime, from ``fstat`` on a local root)
+        are those of a file this process has fully validated with whole-file sha256 ``record.sha256`` (when it
+        first read the version, or at push); if not, the file is hashed now, once, and ``CorruptArtifact`` raised
+        when it differs. Versions are never rewritten, so only damage that keeps inode, size and mtime (bit rot,
+        in-place tampering) goes unnoticed here: ``verify`` re-reads every file, and a client that checks the
+        download against its ETag (the sha256) refuses it.
+        """
+        dirname, name = model_dirname(record.model), version_filename(record.version)
+        try:
+            handle, size, stamp = self._storage.open(dirname, name)
+        except FileNotFoundError:
+            raise NotFound(f"model {record.model!r} version {record.version} is gone") from None
+        try:
+            cached = self._cached(dirname, name, size, stamp)
+            if cached is None or cached.sha256 != record.sha256:
+                digest = hashlib.sha256()
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                if digest.hexdigest() != record.sha256:
+                    raise CorruptArtifact(f"{self._storage.describe(dirname, name)} no longer matches its sha256 "
+                                          f"{record.sha256[:16]}...; run `l2lzo registry verify`")
+                self._remember(dirname, name, record.metadata, record.sha256, size=size, stamp=stamp)
+                handle.seek(0)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
     def resolve(self, fingerprint: str) -> Record | None:
         """The latest version whose ``fingerprint`` metadata matches, or None.
 
-        Within a model the highest matching version wins; across models (a base and its derivatives share a
-        fingerprint) the most recently created one. Only headers are read while searching.
+        ``fingerprint`` is 8-128 hex characters, either case (``FINGERPRINT_PATTERN``). Within a model the highest
+        matching version wins; across models (a base and its derivatives share a fingerprint) the most recently
+        created one. Only headers are read while searching.
         """
-        wanted = fingerprint.strip().lower()
-        if not _HEX.fullmatch(wanted):
+        if not _FINGERPRINT.fullmatch(fingerprint):
             raise InvalidRequest(f"fingerprint must be 8-128 hex characters, got {fingerprint[:80]!r}")
+        wanted = fingerprint.lower()
         candidates: list[tuple[datetime, str, int]] = []
         for model in self.models():
             dirname = model_dirname(model)
@@ -232,12 +296,12 @@ class Registry:
                 return record
         return None
 
-    def verify(self, *, temp_grace_seconds: float = TEMP_GRACE_SECONDS) -> list[str]:
+    def verify(self) -> list[str]:
         """Re-read and re-check every file, bypassing the cache; returns the problems found (empty = healthy).
 
         Reports unreadable or invalid files, sha256 mismatches, files whose ``base_model`` does not match
-        their directory, stray files and directories, and temp files older than ``temp_grace_seconds``
-        (left by interrupted pushes; younger ones may belong to a push in progress).
+        their directory, stray files and directories, and stale temp files (left by interrupted pushes; see
+        ``remove_stale_temp_files``; the temp file of a push in progress is not a problem).
         """
         problems = []
         for dirname in self._storage.model_dirs():
@@ -246,15 +310,19 @@ class Registry:
             except InvalidModelId:
                 problems.append(f"{self._storage.describe(dirname)}: unexpected directory (not a model id)")
                 continue
+            try:
+                stale = set(self._storage.stale_temp_files(dirname))
+            except OSError as exc:
+                problems.append(f"{self._storage.describe(dirname)}: cannot tell which temp files are stale "
+                                f"({exc.strerror or exc})")
+                stale = set()
             for name in self._storage.entries(dirname):
                 where = self._storage.describe(dirname, name)
-                if name.startswith(TEMP_PREFIX):
-                    try:
-                        age = self._storage.age_seconds(dirname, name)
-                    except FileNotFoundError:
-                        continue  # a push in progress just finished
-                    if age is None or age >= temp_grace_seconds:
-                        problems.append(f"{where}: stale temp file left by an interrupted push (safe to delete)")
+                if name in stale:
+                    problems.append(f"{where}: stale temp file left by an interrupted push (`l2lzo registry verify "
+                                    "--repair` deletes it)")
+                elif name.startswith(TEMP_PREFIX) or name == LOCK_NAME:
+                    continue  # a push in progress, or the writers' lock
                 elif parse_version_filename(name) is None:
                     problems.append(f"{where}: unexpected file (not a version)")
                 else:
@@ -262,6 +330,29 @@ class Registry:
                     if problem:
                         problems.append(f"{where}: {problem}")
         return problems
+
+    def remove_stale_temp_files(self) -> list[str]:
+        """Delete the temp files that interrupted pushes left behind; returns their locations.
+
+        A temp file is stale when no live writer owns it: on a local root, when the model's write lock is free
+        (a killed writer's lock is released by the kernel, so this is exact and needs no grace period); on other
+        filesystems, always (pushes there write no temp files). Raises ``OSError`` when it cannot tell or delete
+        (a read-only root).
+        """
+        removed = []
+        for dirname in self._storage.model_dirs():
+            try:
+                model_from_dirname(dirname)
+            except InvalidModelId:
+                continue  # not ours: verify() reports it, nothing here deletes in it
+            for name in self._storage.stale_temp_files(dirname):
+                try:
+                    self._storage.remove(dirname, name)
+                except FileNotFoundError:
+                    continue  # another cleaner was first
+                removed.append(self._storage.describe(dirname, name))
+                log.info("removed %s, left by an interrupted push", removed[-1])
+        return removed
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -295,9 +386,26 @@ class Registry:
         """The record of one version (``FileNotFoundError`` if absent, ``CorruptArtifact`` if invalid)."""
         name = version_filename(version)
         size, stamp = self._storage.stat(dirname, name)
+        record = self._cached_record(model, version, dirname, name, size, stamp)
+        if record is not None:
+            return record
+        # Concurrent first requests for one file wait for a single validation instead of each loading the file
+        # (50 simultaneous downloads of a 16 MB policy would otherwise hold 50 copies).
+        with self._validation_locks[hash((dirname, name)) % _VALIDATION_STRIPES]:
+            record = self._cached_record(model, version, dirname, name, size, stamp)
+            if record is None:
+                record = self._validated_record(model, version, dirname, name, size, stamp)
+        return record
+
+    def _cached_record(self, model: str, version: int, dirname: str, name: str, size: int,
+                       stamp: str | None) -> Record | None:
         cached = self._cached(dirname, name, size, stamp)
-        if cached is not None and cached.sha256 is not None:
-            return Record(model, version, cached.sha256, size, cached.metadata)
+        if cached is None or cached.sha256 is None:
+            return None
+        return Record(model, version, cached.sha256, size, cached.metadata)
+
+    def _validated_record(self, model: str, version: int, dirname: str, name: str, size: int,
+                          stamp: str | None) -> Record:
         try:
             info = self._parse(self._read_checked(dirname, name, size))
         except InvalidArtifact as exc:
@@ -308,6 +416,19 @@ class Registry:
         # Keyed by the stamp taken before the read: a file replaced meanwhile gets a new stamp and a new entry.
         self._remember(dirname, name, info.metadata, info.file_sha256, size=size, stamp=stamp)
         return Record(model, version, info.file_sha256, info.size, info.metadata)
+
+    def _identical_version(self, model: str, dirname: str, size: int, sha256: str) -> Record | None:
+        """The newest valid version whose file is ``size`` bytes with whole-file ``sha256``, or None."""
+        for version in reversed(self._version_numbers(dirname)):
+            try:
+                stored_size, _ = self._storage.stat(dirname, version_filename(version))
+            except FileNotFoundError:
+                continue
+            if stored_size == size:  # only files of the same size can hold the same bytes
+                record = self._valid_record_or_none(model, dirname, version)
+                if record is not None and record.sha256 == sha256:
+                    return record
+        return None
 
     def _valid_record_or_none(self, model: str, dirname: str, version: int) -> Record | None:
         try:
@@ -369,16 +490,13 @@ class Registry:
 
 
 def _parse_version(version: int | str) -> int | None:
-    """A version number, or None for ``latest``; ``InvalidRequest`` otherwise."""
-    text = version.strip() if isinstance(version, str) else None
-    if text is not None and text.lower() == "latest":
-        return None
-    if isinstance(version, int) and not isinstance(version, bool):
-        number = version
-    elif text is not None and text.isascii() and text.isdigit() and len(text) <= 18:
-        number = int(text)
-    else:
-        number = 0
-    if number < 1:
-        raise InvalidRequest(f"version must be a positive integer or 'latest', got {str(version)[:40]!r}")
-    return number
+    """A version number, or None for ``latest``; ``InvalidRequest`` otherwise.
+
+    A string must match ``VERSION_PATTERN`` exactly: ``latest`` or a decimal number without sign, padding or
+    leading zeros, so that one version has one spelling.
+    """
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+        return version
+    if isinstance(version, str) and _VERSION.fullmatch(version):
+        return None if version == "latest" else int(version)
+    raise InvalidRequest(f"version must be a positive integer or 'latest', got {str(version)[:40]!r}")

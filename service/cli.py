@@ -8,17 +8,16 @@ server starts, so building the ``l2lzo`` parser stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
-import stat
-from pathlib import Path
+from collections.abc import Callable
 
 from registry.artifact import MAX_BYTES
 from registry.errors import RegistryError
 from registry.store import Registry
+from registry.tokens import TOKEN_ENV, load_token
+from service import limits
 
-TOKEN_ENV = "L2LZO_REGISTRY_TOKEN"
-log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -44,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"file holding the upload bearer token (default: ${TOKEN_ENV})")
     parser.add_argument("--max-upload-bytes", type=int, default=MAX_BYTES,
                         help=f"largest upload accepted, in bytes (default: {MAX_BYTES})")
+    parser.add_argument("--header-timeout", type=_positive(float), default=limits.HEADER_TIMEOUT, metavar="SECONDS",
+                        help="close a connection that has not sent a request's complete headers this long after it "
+                             f"opened or got its last response (default: {limits.HEADER_TIMEOUT:g})")
+    parser.add_argument("--body-timeout", type=_positive(float), default=limits.BODY_TIMEOUT, metavar="SECONDS",
+                        help="answer 408 and close the connection when an upload body is not complete this long "
+                             f"after its headers (default: {limits.BODY_TIMEOUT:g})")
+    parser.add_argument("--keep-alive-timeout", type=_positive(int), default=limits.KEEP_ALIVE_TIMEOUT,
+                        metavar="SECONDS", help="close a connection left idle this long after a response "
+                                                f"(default: {limits.KEEP_ALIVE_TIMEOUT})")
+    parser.add_argument("--max-connections", type=_positive(int), default=limits.MAX_CONNECTIONS, metavar="N",
+                        help="connections served at once; a request arriving while more are open gets 503 "
+                             f"(default: {limits.MAX_CONNECTIONS})")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="server log level (default: info)")
     parser.set_defaults(func=run)
@@ -54,28 +65,31 @@ def run(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.server import ServiceConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)-8s %(message)s")
     token = load_token(args.token_file)
     # A larger upload limit must also raise the registry's file limit; a smaller one must not stop it from
     # reading files that are already stored.
     registry = Registry(args.registry, max_bytes=max(args.max_upload_bytes, MAX_BYTES))
-    app = create_app(registry, token=token, max_upload_bytes=args.max_upload_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    app = create_app(registry, token=token, max_upload_bytes=args.max_upload_bytes, body_timeout=args.body_timeout)
+    server = uvicorn.Server(ServiceConfig(
+        app, host=args.host, port=args.port, log_level=args.log_level, header_timeout=args.header_timeout,
+        keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections))
+    # uvicorn re-raises the Ctrl-C it shut down on; as with uvicorn.run, that is a normal stop.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise RegistryError(f"the server did not start on {args.host}:{args.port} (see the log above)")
 
 
-def load_token(token_file: str | None) -> str | None:
-    """The upload token from ``token_file``, else ``$L2LZO_REGISTRY_TOKEN``, else None (uploads disabled)."""
-    if token_file is None:
-        return os.environ.get(TOKEN_ENV, "").strip() or None
-    path = Path(token_file).expanduser()
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-        mode = path.stat().st_mode
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"cannot read token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not token:
-        raise RegistryError(f"token file {path} is empty")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("token file %s is readable by other users; chmod 600 it", path)
-    return token
+def _positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {kind.__name__}, got {text!r}")
+        return value
+    return parse

@@ -47,7 +47,7 @@ def client_for(url, tmp_path, transport=None) -> PolicyClient:
 
 
 def test_fetch_verifies_caches_and_revalidates_by_etag(registry, server, tmp_path):
-    first = registry.push(make_artifact("smollm2-135m", seed=1), "smollm2-135m")
+    first = registry.push(make_artifact("smollm2-135m", seed=1), "smollm2-135m").record
     transport = Recording()
     with client_for(server, tmp_path, transport) as client:
         artifact = client.fetch("smollm2-135m", fingerprint=FINGERPRINT)
@@ -56,14 +56,14 @@ def test_fetch_verifies_caches_and_revalidates_by_etag(registry, server, tmp_pat
         assert hashlib.sha256(artifact.path.read_bytes()).hexdigest() == first.sha256
         again = client.fetch("smollm2-135m", fingerprint=FINGERPRINT)
         assert again.sha256 == first.sha256
-        second = registry.push(make_artifact("smollm2-135m", seed=2, recommended_lr="0.002"), "smollm2-135m")
+        second = registry.push(make_artifact("smollm2-135m", seed=2, recommended_lr="0.002"), "smollm2-135m").record
         newest = client.fetch("smollm2-135m", fingerprint=FINGERPRINT)
     assert transport.statuses == [200, 304, 200]
     assert (newest.version, newest.sha256, newest.recommended()["lr"]) == (2, second.sha256, 0.002)
 
 
 def test_a_derivative_finds_its_base_policy_by_fingerprint(registry, server, tmp_path):
-    base = registry.push(make_artifact("smollm2-135m"), "smollm2-135m")
+    base = registry.push(make_artifact("smollm2-135m"), "smollm2-135m").record
     with client_for(server, tmp_path) as client:
         artifact = client.fetch("my-org/smollm2-135m-finetuned", fingerprint=FINGERPRINT)
     assert (artifact.model, artifact.sha256) == ("smollm2-135m", base.sha256)
@@ -79,7 +79,7 @@ def test_no_policy_or_another_architecture_falls_back_to_mezo(registry, server, 
 
 
 def test_server_down_uses_the_cache_with_a_warning_and_fails_without_one(registry, tmp_path):
-    record = registry.push(make_artifact("smollm2-135m"), "smollm2-135m")
+    record = registry.push(make_artifact("smollm2-135m"), "smollm2-135m").record
     with serving(create_app(registry, token=None)) as url, client_for(url, tmp_path) as client:
         client.fetch("smollm2-135m")
         client.fetch(None, fingerprint=FINGERPRINT)  # a local folder: by fingerprint only
@@ -130,7 +130,7 @@ def test_finetune_batch_applies_the_served_policy_recommendations(registry, serv
     monkeypatch.setenv("L2LZO_CACHE_DIR", str(tmp_path / "l2lzo-cache"))
     tiny_fingerprint = fingerprint(load_model(str(tiny_causal_dir)).model)
     record = registry.push(make_artifact("tiny-base", fingerprint=tiny_fingerprint, recommended_lr="0.002",
-                                         recommended_eps="0.01", recommended_steps="3"), "tiny-base")
+                                         recommended_eps="0.01", recommended_steps="3"), "tiny-base").record
     task = tmp_path / "toy.jsonl"
     task.write_text("".join(json.dumps({"text": f"item {i}", "label": "ab"[i % 2]}) + "\n" for i in range(40)))
     config = BatchConfig(model=str(tiny_causal_dir), tasks=[str(task)], server=server, eps=0.005,
@@ -163,7 +163,7 @@ def test_finetune_batch_runs_a_served_learned_policy_and_keys_resume_on_its_sha2
         policy = trained_looking(PerturbationPolicy(), seed, 0.5)
         data = build_policy_artifact(policy, MetaTrainConfig(model="tiny-base"), fingerprint=tiny_fingerprint,
                                      recommended_lr=2e-3, metrics={})
-        return registry.push(data, "tiny-base")
+        return registry.push(data, "tiny-base").record
 
     first = push(1)
     task = tmp_path / "toy.jsonl"

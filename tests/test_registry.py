@@ -9,13 +9,10 @@ import json
 import logging
 import multiprocessing
 import os
-import select
+import re
 import signal
 import struct
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -31,13 +28,17 @@ from registry_helpers import (
     make_artifact,
     policy_metadata,
     policy_tensors,
+    push_stopped_midway,
     push_worker,
     raw_safetensors,
     wait_at_barrier,
 )
 
 from registry import (
+    FINGERPRINT_PATTERN,
+    MODEL_ID_PATTERN,
     SCHEMA_VERSION,
+    VERSION_PATTERN,
     CorruptArtifact,
     InvalidArtifact,
     InvalidModelId,
@@ -47,13 +48,12 @@ from registry import (
     RegistryError,
     build_artifact,
     default_root,
+    exact_model_id,
     model_dirname,
     normalize_model_id,
     parse_artifact,
 )
 from registry.ids import model_from_dirname
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _metadata_header(**overrides: str) -> dict:
@@ -277,10 +277,23 @@ def test_normalize_model_id(raw, expected):
     "", "   ", "/", "../x", "..", ".", "/etc/passwd", "a/b/c", "a\\b", "%2e%2e", "%2F", "a/..", "a//b", "a/./b",
     "a--b", "-a", "a-", "a.", ".hidden", "a\x00b", "a\nb", "x\x7f", "café", "a b", "a@1", "C:\\x", "~root",
     "x" * 97, "https://huggingface.co/", "https://example.com/a",
+    # Characters that str.lower() / str.strip() would quietly turn into (part of) a valid id.
+    "\u212aey", "smollm2-135m\x1c", "smollm2-135m\x85", "\u2003smollm2-135m", "smollm2-135m\t", "\x1fkey",
+    "smollm2-135m\u00a0", "\u0130d",
 ])
 def test_invalid_model_ids(raw):
     with pytest.raises(InvalidModelId):
         normalize_model_id(raw)
+
+
+def test_exact_model_ids():
+    assert exact_model_id("HuggingFaceTB/SmolLM2-135M") == "huggingfacetb/smollm2-135m"
+    for lenient in (" key", "key ", "https://huggingface.co/org/key", "org/key/"):
+        assert normalize_model_id(lenient) in ("key", "org/key")
+        with pytest.raises(InvalidModelId, match="write the id itself"):
+            exact_model_id(lenient)
+    with pytest.raises(InvalidModelId, match="only printable ASCII"):
+        exact_model_id("\u212aey")
 
 
 def test_dirnames_are_reversible():
@@ -291,7 +304,8 @@ def test_dirnames_are_reversible():
             model_from_dirname(bad)
 
 
-_ID_CHARS = st.sampled_from([*"aZ09._-/\\%~ :@\x00\n\u212a\u0130é", "..", "--", "//", "https://huggingface.co/"])
+_ID_CHARS = st.sampled_from([*"aZ09._-/\\%~ :@\x00\n\x1c\x85\u212a\u0130é", "..", "--", "//",
+                             "https://huggingface.co/"])
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -308,6 +322,19 @@ def test_any_string_is_rejected_or_maps_to_one_component_inside_models(tmp_path,
     assert dirname.isascii() and dirname.isprintable()
     assert (models / dirname).resolve().parent == models.resolve()
     assert model_from_dirname(dirname) == model == normalize_model_id(model)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.lists(_ID_CHARS, max_size=20).map("".join),
+                 st.from_regex(MODEL_ID_PATTERN, fullmatch=True)))
+def test_model_id_pattern_is_exactly_the_ids_written_as_themselves(raw):
+    """The service declares MODEL_ID_PATTERN in its schema and enforces exact_model_id: they must agree."""
+    try:
+        exact = exact_model_id(raw)
+    except InvalidModelId:
+        exact = None
+    assert (re.fullmatch(MODEL_ID_PATTERN, raw) is not None) == (exact is not None)
+    assert exact is None or exact == raw.lower()
 
 
 # -- store -------------------------------------------------------------------------------------------------------
@@ -328,16 +355,16 @@ def test_push_list_get_latest(registry_root):
     registry = Registry(registry_root)
     assert registry.models() == [] and registry.verify() == [] and registry.summaries() == []
     first, second = make_artifact(seed=1), make_artifact(seed=2)
-    r1 = registry.push(first, "SmolLM2-135M")
-    r2 = registry.push(second, "smollm2-135m")
-    other = registry.push(make_artifact("org/model-b"), "https://huggingface.co/Org/Model-B")
+    r1 = registry.push(first, "SmolLM2-135M").record
+    r2 = registry.push(second, "smollm2-135m").record
+    other = registry.push(make_artifact("org/model-b"), "https://huggingface.co/Org/Model-B").record
     assert (r1.model, r1.version, r2.version, other.model, other.version) == (
         "smollm2-135m", 1, 2, "org/model-b", 1)
     assert r1.sha256 == hashlib.sha256(first).hexdigest() and r1.size == len(first)
     assert registry.models() == ["org/model-b", "smollm2-135m"]
     assert [r.version for r in registry.versions("smollm2-135m")] == [1, 2]
     assert registry.get("smollm2-135m") == r2
-    for spec in (2, "2", " 2 ", "latest", "LATEST"):
+    for spec in (2, "2", "latest"):
         assert registry.get("SmolLM2-135M", spec).version == 2
     assert registry.read_bytes(registry.get("smollm2-135m", 1)) == first
     assert registry.read_bytes(registry.get("smollm2-135m", "latest")) == second
@@ -360,9 +387,12 @@ def test_get_errors(registry_root):
     registry.push(make_artifact(), "smollm2-135m")
     with pytest.raises(NotFound, match=r"model 'smollm2-135m' has no version 7 \(latest is 1\)"):
         registry.get("smollm2-135m", 7)
-    for bad in ("abc", "0", "-1", 0, -3, True, "1.0", "", "1e3"):
+    # One spelling per version: no padding, leading zeros, other cases or non-ASCII digits.
+    for bad in ("abc", "0", "-1", 0, -3, True, "1.0", "", "1e3", " 1 ", "01", "+1", "LATEST", "1\x1c",
+                "latest\x85", "\u0661", "1" * 19):
         with pytest.raises(InvalidRequest, match="version must be a positive integer or 'latest'"):
             registry.get("smollm2-135m", bad)
+    assert all(re.fullmatch(VERSION_PATTERN, spec) for spec in ("1", "latest", "9" * 18))
     with pytest.raises(InvalidModelId):
         registry.get("../smollm2-135m")
 
@@ -387,11 +417,11 @@ def test_resolve_by_fingerprint(registry_root):
     registry = Registry(registry_root)
     assert registry.resolve(FINGERPRINT) is None
     registry.push(make_artifact(seed=1, created_at="2025-01-01T00:00:00Z"), "smollm2-135m")
-    base_v2 = registry.push(make_artifact(seed=2, created_at="2025-01-02T00:00:00Z"), "smollm2-135m")
+    base_v2 = registry.push(make_artifact(seed=2, created_at="2025-01-02T00:00:00Z"), "smollm2-135m").record
     registry.push(make_artifact(seed=3, fingerprint=OTHER_FINGERPRINT, created_at="2025-03-01T00:00:00Z"),
                   "smollm2-135m")
     other = registry.push(make_artifact("minilm-l6", fingerprint=OTHER_FINGERPRINT,
-                                        created_at="2025-02-01T00:00:00Z"), "minilm-l6")
+                                        created_at="2025-02-01T00:00:00Z"), "minilm-l6").record
     # The latest version with this fingerprint wins, even when a later version has another fingerprint.
     assert registry.resolve(FINGERPRINT) == base_v2
     assert registry.resolve(FINGERPRINT.upper()) == base_v2
@@ -400,15 +430,16 @@ def test_resolve_by_fingerprint(registry_root):
     assert registry.resolve(OTHER_FINGERPRINT).version == 3
     assert other.version == 1
     assert registry.resolve("00" * 32) is None
-    for bad in ("xyz", "", "ab"):
+    for bad in ("xyz", "", "ab", f" {FINGERPRINT}", f"{FINGERPRINT}\x1c", f"{FINGERPRINT}\n", "ab" * 65):
         with pytest.raises(InvalidRequest, match="fingerprint must be 8-128 hex characters"):
             registry.resolve(bad)
+        assert not re.fullmatch(FINGERPRINT_PATTERN, bad)
 
 
 def test_derivative_finds_base_policy(registry_root):
     """An -Instruct variant shares its base's architecture fingerprint, so it finds the base's policy."""
     registry = Registry(registry_root)
-    base = registry.push(make_artifact("HuggingFaceTB/SmolLM2-135M"), "HuggingFaceTB/SmolLM2-135M")
+    base = registry.push(make_artifact("HuggingFaceTB/SmolLM2-135M"), "HuggingFaceTB/SmolLM2-135M").record
     with pytest.raises(NotFound):
         registry.get("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert registry.resolve(FINGERPRINT) == base
@@ -432,7 +463,7 @@ def test_cache_avoids_rereads_but_not_correctness(tmp_path, caplog):
     root = tmp_path / "registry"
     registry = Registry(root)
     registry.push(make_artifact(seed=1), "smollm2-135m")
-    good = registry.push(make_artifact(seed=2), "smollm2-135m")
+    good = registry.push(make_artifact(seed=2), "smollm2-135m").record
     reads = []
     real_read = registry._storage.read
     registry._storage.read = lambda *args: reads.append(args) or real_read(*args)
@@ -457,6 +488,116 @@ def test_cache_avoids_rereads_but_not_correctness(tmp_path, caplog):
     assert len(problems) == 1 and "v000002.safetensors: data sha256 mismatch" in problems[0]
 
 
+def test_identical_push_returns_the_existing_version(registry_root):
+    registry = Registry(registry_root)
+    first, second = make_artifact(seed=1), make_artifact(seed=2)
+    assert registry.push(first, "smollm2-135m") == (registry.get("smollm2-135m", 1), True)
+    assert registry.push(second, "smollm2-135m").created
+    again = registry.push(first, "SmolLM2-135M")
+    assert again == (registry.get("smollm2-135m", 1), False)
+    assert [r.version for r in registry.versions("smollm2-135m")] == [1, 2]
+    # Same bytes for another model cannot exist (base_model differs); equal bytes under a fresh Registry still match.
+    assert Registry(registry_root).push(second, "smollm2-135m") == (registry.get("smollm2-135m", 2), False)
+    # A damaged copy of those bytes does not count: the push makes a new version.
+    if "://" not in registry_root:
+        path = Path(registry_root) / "models" / "smollm2-135m" / "v000001.safetensors"
+        damaged = path.with_name("damaged")
+        damaged.write_bytes(_flip_data_byte(first))
+        os.replace(damaged, path)
+        assert registry.push(first, "smollm2-135m") == (registry.get("smollm2-135m", 3), True)
+
+
+@pytest.mark.parametrize("backend", ["local", "memory"])
+def test_concurrent_identical_pushes_make_one_version(backend, tmp_path):
+    root = str(tmp_path / "registry") if backend == "local" else f"memory://same-{uuid.uuid4().hex}"
+    registry = Registry(root)
+    data = make_artifact()
+    start = threading.Barrier(10)
+
+    def push(_: int) -> tuple[int, bool]:
+        start.wait()
+        record, created = Registry(root).push(data, "smollm2-135m")  # separate caches, as separate processes have
+        return record.version, created
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(push, range(10)))
+    assert sorted(results) == [(1, False)] * 9 + [(1, True)]
+    assert [r.version for r in registry.versions("smollm2-135m")] == [1]
+
+
+def test_open_verified_streams_what_was_verified(tmp_path, monkeypatch):
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    data = make_artifact(seed=1)
+    record = registry.push(data, "smollm2-135m").record
+    # A fresh process (empty cache) hashes the file once before handing it out, then trusts its stamp.
+    cold = Registry(root)
+    hashes = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *args: hashes.append(args) or real_sha256(*args))
+    for _ in range(3):
+        with cold.open_verified(record) as handle:
+            assert handle.read() == data
+    assert len(hashes) == 1
+    monkeypatch.undo()
+    # Replaced by other bytes (a new inode): refused, whatever the cache says about the old file.
+    path = root / "models" / "smollm2-135m" / "v000001.safetensors"
+    other = path.with_name("other")
+    other.write_bytes(_flip_data_byte(data))
+    os.replace(other, path)
+    with pytest.raises(CorruptArtifact, match="no longer matches its sha256"):
+        registry.open_verified(record)
+    path.unlink()
+    with pytest.raises(NotFound, match="is gone"):
+        registry.open_verified(record)
+
+
+def test_open_verified_trusts_the_stamp_and_verify_does_not(tmp_path):
+    """The documented limit: damage that keeps inode, size and mtime is served (the client's ETag check and
+    `registry verify` catch it)."""
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    data = make_artifact(seed=1)
+    record = registry.push(data, "smollm2-135m").record
+    path = root / "models" / "smollm2-135m" / "v000001.safetensors"
+    before = path.stat()
+    with open(path, "r+b") as handle:  # same inode and size
+        handle.seek(len(data) - 1)
+        handle.write(bytes([data[-1] ^ 1]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with registry.open_verified(record) as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() != record.sha256
+    assert any("sha256 mismatch" in problem for problem in registry.verify())
+
+
+def test_open_verified_on_an_fsspec_root():
+    root = f"memory://open-{uuid.uuid4().hex}"
+    registry = Registry(root)
+    data = make_artifact(seed=3, numbers=100_000)
+    record = registry.push(data, "smollm2-135m").record
+    with Registry(root).open_verified(record) as handle:
+        assert handle.read() == data
+    fsspec.filesystem("memory").rm(root, recursive=True)
+
+
+def test_concurrent_first_reads_validate_a_file_once(tmp_path):
+    root = tmp_path / "registry"
+    Registry(root).push(make_artifact(numbers=1_000_000), "smollm2-135m")
+    registry = Registry(root)  # cold cache
+    parses = []
+    real_parse = registry._parse
+    registry._parse = lambda data: parses.append(len(data)) or real_parse(data)
+    start = threading.Barrier(8)
+
+    def get(_: int) -> str:
+        start.wait()
+        return registry.get("smollm2-135m").sha256
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert len(set(pool.map(get, range(8)))) == 1
+    assert len(parses) == 1
+
+
 def test_verify_reports_strays_and_stale_temp_files(tmp_path):
     root = tmp_path / "registry"
     registry = Registry(root)
@@ -468,18 +609,33 @@ def test_verify_reports_strays_and_stale_temp_files(tmp_path):
     (model_dir / "v000002.safetensors").write_bytes(make_artifact("minilm-l6"))
     temp = model_dir / ".tmp-0123456789abcdef"
     temp.write_bytes(b"partial")
-    problems = registry.verify()
+    # While a writer of the model holds its lock, the temp file may be that push's: not a problem, not removed.
+    with registry._storage.writing("smollm2-135m"):
+        problems = registry.verify()
+        assert registry.remove_stale_temp_files() == [] and temp.exists()
     assert len(problems) == 4, problems
     assert any("notes.txt: unexpected file" in p for p in problems)
     assert any("v1.safetensors: unexpected file" in p for p in problems)
     assert any("Not A Model: unexpected directory" in p for p in problems)
     assert any("base_model is 'minilm-l6', but the file is stored under 'smollm2-135m'" in p for p in problems)
-    # A fresh temp file may belong to a push in progress; an old one is stale.
-    assert any(".tmp-" in p for p in registry.verify(temp_grace_seconds=0))
-    old = time.time() - 3600
-    os.utime(temp, (old, old))
-    assert any("stale temp file" in p for p in registry.verify())
+    # With the lock free, no live writer owns it, however young it is.
+    problems = registry.verify()
+    assert len(problems) == 5 and any(".tmp-0123456789abcdef: stale temp file" in p for p in problems), problems
+    assert registry.remove_stale_temp_files() == [str(temp)] and not temp.exists()
+    assert len(registry.verify()) == 4
     assert [r.version for r in registry.versions("smollm2-135m")] == [1]
+
+
+def test_stale_temp_files_on_fsspec_roots_are_always_stale():
+    root = f"memory://temps-{uuid.uuid4().hex}"
+    registry = Registry(root)
+    registry.push(make_artifact(), "smollm2-135m")
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file(f"{root}/models/smollm2-135m/.tmp-0123456789abcdef", b"partial")
+    assert any("stale temp file" in p for p in registry.verify())
+    assert registry.remove_stale_temp_files() == [f"{root}/models/smollm2-135m/.tmp-0123456789abcdef"]
+    assert registry.verify() == []
+    fs.rm(root, recursive=True)
 
 
 def test_roots(tmp_path, monkeypatch):
@@ -507,7 +663,7 @@ def test_concurrent_pushes_from_threads(backend, tmp_path):
 
     def push(data: bytes) -> int:
         start.wait()
-        return registry.push(data, "smollm2-135m").version
+        return registry.push(data, "smollm2-135m").record.version
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         versions = list(pool.map(push, datas))
@@ -534,55 +690,31 @@ def test_twenty_concurrent_pushes_from_processes(tmp_path):
     assert not list((Path(root) / "models" / "smollm2-135m").glob(".tmp-*"))
 
 
-# The child pushes a large artifact; the patched step tells the parent (through a pipe) that the push is under
-# way, then blocks until it is killed. "write": after the first 1 MiB chunk of the temp file; "fsync": after the
-# whole temp file is written, before it is published.
-_CRASHING_PUSH = """
-import os, sys, time
-from pathlib import Path
-from registry import Registry
-root, artifact, ready, hook = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-real_write, real = os.write, getattr(os, hook)
-def stop_here(*args):
-    real(*args)
-    real_write(ready, b"1")
-    time.sleep(600)
-setattr(os, hook, stop_here)
-Registry(root).push(artifact.read_bytes(), "smollm2-135m")
-"""
-
-
 @pytest.mark.parametrize("hook", ["write", "fsync"])
 def test_push_killed_mid_write_leaves_only_complete_versions(tmp_path, hook):
     root = tmp_path / "registry"
     registry = Registry(root)
-    small = registry.push(make_artifact(seed=1), "smollm2-135m")
+    small = registry.push(make_artifact(seed=1), "smollm2-135m").record
     large = make_artifact(seed=2, numbers=3_000_000)  # 12 MB: many write chunks
     artifact = tmp_path / "large.safetensors"
     artifact.write_bytes(large)
-    ready_read, ready_write = os.pipe()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, "-c", _CRASHING_PUSH, str(root), str(artifact), str(ready_write), hook],
-                             pass_fds=(ready_write,), env=env, cwd=REPO)
-    os.close(ready_write)
-    try:
-        readable, _, _ = select.select([ready_read], [], [], 60)
-        assert readable and os.read(ready_read, 1) == b"1", "the child never started writing"
+    with push_stopped_midway(root, artifact, "smollm2-135m", hook) as child:
         temps = list((root / "models" / "smollm2-135m").glob(".tmp-*"))
         assert len(temps) == 1
         size = temps[0].stat().st_size
         assert (0 < size < len(large)) if hook == "write" else size == len(large)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-        os.close(ready_read)
+        # The push is alive (it holds the model's lock): its temp file is neither a problem nor removed.
+        assert Registry(root).verify() == [] and Registry(root).remove_stale_temp_files() == []
+        assert temps[0].exists()
     assert child.returncode == -signal.SIGKILL
     after = Registry(root)
     assert after.models() == ["smollm2-135m"]
     assert [r.version for r in after.versions("smollm2-135m")] == [1]
     assert after.get("smollm2-135m") == small
-    problems = after.verify(temp_grace_seconds=0)
+    # Killed, the push's lock is gone at once: its temp file is stale, and the repair removes it.
+    problems = after.verify()
     assert len(problems) == 1 and "stale temp file" in problems[0]
-    assert after.verify() == []  # within the grace period it may be a push in progress
-    again = after.push(large, "smollm2-135m")
+    assert after.remove_stale_temp_files() == [str(temps[0])]
+    assert after.verify() == []
+    again = after.push(large, "smollm2-135m").record
     assert again.version == 2 and after.read_bytes(again) == large

@@ -35,10 +35,15 @@ def policy_file(tmp_path):
 def test_push_list_show_pull(root, policy_file, tmp_path, capsys):
     _run("registry", "--registry", root, "list")
     assert "no policies in registry" in capsys.readouterr().out
+    newer = tmp_path / "newer.safetensors"
+    newer.write_bytes(make_artifact("HuggingFaceTB/SmolLM2-135M", seed=2))
     _run("registry", "--registry", root, "push", str(policy_file), "--model", "HuggingFaceTB/SmolLM2-135M")
     _run("registry", "--registry", root, "push", str(policy_file), "--model", "huggingfacetb/smollm2-135m")
-    out = capsys.readouterr().out
-    assert "pushed huggingfacetb/smollm2-135m version 1" in out and "version 2" in out
+    _run("registry", "--registry", root, "push", str(newer), "--model", "huggingfacetb/smollm2-135m")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("pushed huggingfacetb/smollm2-135m version 1 (")
+    assert out[1].startswith("huggingfacetb/smollm2-135m version 1 in ") and out[1].endswith(": nothing pushed")
+    assert out[2].startswith("pushed huggingfacetb/smollm2-135m version 2 (")
 
     _run("registry", "--registry", root, "list")
     table = capsys.readouterr().out.splitlines()
@@ -63,7 +68,7 @@ def test_push_list_show_pull(root, policy_file, tmp_path, capsys):
     target = tmp_path / "pulled"
     target.mkdir()
     _run("registry", "--registry", root, "pull", "huggingfacetb/smollm2-135m", "-o", str(target))
-    assert (target / "huggingfacetb--smollm2-135m-v2.safetensors").read_bytes() == policy_file.read_bytes()
+    assert (target / "huggingfacetb--smollm2-135m-v2.safetensors").read_bytes() == newer.read_bytes()
     assert [p.name for p in target.iterdir()] == ["huggingfacetb--smollm2-135m-v2.safetensors"]  # no temp left
 
     _run("registry", "--registry", root, "verify")
@@ -88,13 +93,26 @@ def test_user_errors_raise_registry_error(root, policy_file, tmp_path, capsys):
 
 
 def test_verify_fails_on_problems(root, policy_file, capsys):
-    record = Registry(root).push(policy_file.read_bytes(), "huggingfacetb/smollm2-135m")
+    record = Registry(root).push(policy_file.read_bytes(), "huggingfacetb/smollm2-135m").record
     stored = Path(root) / "models" / "huggingfacetb--smollm2-135m" / "v000001.safetensors"
     stored.write_bytes(stored.read_bytes()[:-3])
     with pytest.raises(RegistryError, match="1 problem in registry"):
         _run("registry", "--registry", root, "verify")
     assert "v000001.safetensors" in capsys.readouterr().out
     assert record.version == 1
+
+
+def test_verify_repair_removes_stale_temp_files(root, policy_file, capsys):
+    Registry(root).push(policy_file.read_bytes(), "huggingfacetb/smollm2-135m")
+    temp = Path(root) / "models" / "huggingfacetb--smollm2-135m" / ".tmp-0123456789abcdef"
+    temp.write_bytes(b"left by a killed push")
+    with pytest.raises(RegistryError, match="1 problem in registry"):
+        _run("registry", "--registry", root, "verify")
+    assert "stale temp file" in capsys.readouterr().out and temp.exists()
+    _run("registry", "--registry", root, "verify", "--repair")
+    out = capsys.readouterr().out
+    assert f"removed {temp} (left by an interrupted push)" in out and "1 versions, no problems" in out
+    assert not temp.exists()
 
 
 def test_default_root_from_environment(tmp_path, monkeypatch, policy_file, capsys):

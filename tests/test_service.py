@@ -7,7 +7,6 @@ import hashlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,11 +16,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from registry_helpers import FINGERPRINT, OTHER_FINGERPRINT, make_artifact, policy_metadata, raw_safetensors, serving
+from registry_helpers import (
+    FINGERPRINT,
+    OTHER_FINGERPRINT,
+    make_artifact,
+    policy_metadata,
+    push_stopped_midway,
+    raw_safetensors,
+    service_process,
+    serving,
+)
 
-from registry import Registry, RegistryError
+from registry import FINGERPRINT_PATTERN, MODEL_ID_PATTERN, VERSION_PATTERN, Registry, RegistryError
+from registry.tokens import TOKEN_ENV, load_token
 from service.app import create_app, etag_matches
-from service.cli import TOKEN_ENV, load_token, register
+from service.cli import register
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-upload-token-0123456789"
@@ -136,7 +145,7 @@ def test_resolve(client):
     hit = client.get("/v1/resolve", params={"fingerprint": OTHER_FINGERPRINT.upper()})
     assert hit.status_code == 200 and hit.json() == pushed
     _assert_error(client.get("/v1/resolve", params={"fingerprint": "12" * 32}), 404, "no policy for fingerprint")
-    _assert_error(client.get("/v1/resolve", params={"fingerprint": "xyz"}), 400, "fingerprint must be")
+    _assert_error(client.get("/v1/resolve", params={"fingerprint": "xyz"}), 400, "fingerprint: String should match")
     _assert_error(client.get("/v1/resolve"), 400, "fingerprint")
 
 
@@ -243,8 +252,8 @@ def test_unknown_things_get_json_errors(client):
     _assert_error(client.get("/v1/models/nope/versions"), 404, "no policy for model 'nope'")
     _assert_error(client.get("/v1/models/nope/versions/latest"), 404, "no policy for model 'nope'")
     _assert_error(client.get("/v1/models/known-model/versions/99"), 404, "has no version 99 (latest is 1)")
-    _assert_error(client.get("/v1/models/known-model/versions/abc"), 400, "version must be a positive integer")
-    _assert_error(client.get("/v1/models/known-model/versions/0"), 400, "version must be a positive integer")
+    _assert_error(client.get("/v1/models/known-model/versions/abc"), 400, "version: String should match pattern")
+    _assert_error(client.get("/v1/models/known-model/versions/0"), 400, "version: String should match pattern")
     _assert_error(client.get("/v2/nothing"), 404, "Not Found")
     _assert_error(client.delete("/v1/models/known-model/versions/1"), 405, "Method Not Allowed")
 
@@ -267,11 +276,211 @@ def test_openapi_documents_every_endpoint(client):
     assert upload["requestBody"]["content"]["application/octet-stream"]["schema"]["format"] == "binary"
     assert {"201", "401", "403", "413", "422"} <= set(upload["responses"])
     assert upload["security"] == [{"HTTPBearer": []}]
+    assert upload["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecordOut")
+    assert "already holds exactly these bytes" in upload["responses"]["200"]["description"]
+    assert upload["requestBody"]["content"]["application/octet-stream"]["schema"]["maxLength"] == UPLOAD_LIMIT
     download = spec["paths"]["/v1/models/{model}/versions/{version}"]["get"]
     assert "application/octet-stream" in download["responses"]["200"]["content"]
     assert {"304", "404"} <= set(download["responses"])
+    # The server's real rules, declared (registry's patterns, the same text the server enforces).
+    parameters = {p["name"]: p for p in download["parameters"]}
+    assert parameters["model"]["schema"]["pattern"] == MODEL_ID_PATTERN
+    assert parameters["version"]["schema"]["pattern"] == VERSION_PATTERN
+    assert parameters["If-None-Match"]["in"] == "header"
+    resolve = spec["paths"]["/v1/resolve"]["get"]
+    assert resolve["parameters"][0]["schema"]["pattern"] == FINGERPRINT_PATTERN
+    assert all(set(operations) <= {"get", "post"} for operations in spec["paths"].values())  # HEAD is implied
     assert "HTTPValidationError" not in json.dumps(spec)
     assert client.get("/docs").status_code == 200
+
+
+# Built once: safetensors writes metadata keys in no fixed order, so each build gives other bytes.
+KEY_ARTIFACT = make_artifact("key-model")
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/models/%E2%84%AAey-model/versions",            # Kelvin sign K: lowercases to 'k'
+    "/v1/models/%E2%84%AAey-model/versions/1",
+    "/v1/models/key-model%1C/versions",                 # str.strip() removes \x1c ...
+    "/v1/models/key-model%C2%85/versions/latest",       # ... and U+0085
+    "/v1/models/%20key-model/versions",
+    "/v1/models/key-model%09/versions",
+    "/v1/models/https:%2F%2Fhuggingface.co%2Fkey-model/versions",
+    "/v1/models/key-model%2F/versions",
+    "/v1/models/key-model/versions/1%1C",
+    "/v1/models/key-model/versions/latest%C2%85",
+    "/v1/models/key-model/versions/%D9%A1",             # ARABIC-INDIC DIGIT ONE
+    "/v1/models/key-model/versions/01",
+    "/v1/models/key-model/versions/LATEST",
+    f"/v1/resolve?fingerprint={FINGERPRINT}%1C",
+    f"/v1/resolve?fingerprint=%20{FINGERPRINT}",
+])
+def test_ids_that_would_stand_for_other_ids_get_400(client, path):
+    _push(client, "key-model", KEY_ARTIFACT)  # version 1 on the first run; the same bytes again later
+    for method in ("GET", "HEAD") if "/resolve" in path or "/versions/" in path else ("GET", "HEAD", "POST"):
+        body, headers = (make_artifact("key-model", seed=9), _auth()) if method == "POST" else (None, {})
+        status, content, content_type = _raw_request(str(client.base_url), method, path, body, headers)
+        assert status == 400, (method, path, status, content)
+        if method != "HEAD":
+            assert content_type == "application/json" and set(json.loads(content)) == {"error"}
+    assert [v["version"] for v in client.get("/v1/models/key-model/versions").json()["versions"]] == [1]
+
+
+def test_head_answers_wherever_get_does(client):
+    data = make_artifact("head-model", seed=3)
+    sha = _push(client, "head-model", data).json()["sha256"]
+    for url in ("/healthz", "/v1/models", "/v1/models/head-model/versions", "/v1/models/head-model/versions/1",
+                "/v1/models/head-model/versions/latest", f"/v1/resolve?fingerprint={FINGERPRINT}",
+                "/v1/models/nope/versions", "/v1/models/head-model/versions/abc"):
+        got, head = client.get(url), client.head(url)
+        assert head.status_code == got.status_code, url
+        assert head.content == b""
+        assert {k: v for k, v in head.headers.items() if k != "date"} == {
+            k: v for k, v in got.headers.items() if k != "date"}, url
+    head = client.head("/v1/models/head-model/versions/1")
+    assert head.headers["content-length"] == str(len(data)) and head.headers["etag"] == f'"{sha}"'
+    assert client.head("/v1/models/head-model/versions/1", headers={"If-None-Match": f'"{sha}"'}).status_code == 304
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("DELETE", "/v1/models/some-model/versions", "GET, HEAD, POST"),
+    ("PUT", "/v1/models/org/some-model/versions", "GET, HEAD, POST"),
+    ("OPTIONS", "/v1/models/some-model/versions", "GET, HEAD, POST"),
+    ("DELETE", "/v1/models/some-model/versions/1", "GET, HEAD"),
+    ("POST", "/v1/models/some-model/versions/latest", "GET, HEAD"),
+    ("POST", "/healthz", "GET, HEAD"),
+    ("PATCH", "/v1/resolve", "GET, HEAD"),
+])
+def test_405_allow_lists_every_method_of_the_path(client, method, path, allowed):
+    response = client.request(method, path)
+    _assert_error(response, 405, "Method Not Allowed")
+    assert response.headers["allow"] == allowed
+
+
+def test_if_none_match_on_several_header_lines(client):
+    data = make_artifact("lines-model", seed=4)
+    sha = _push(client, "lines-model", data).json()["sha256"]
+    url = "/v1/models/lines-model/versions/1"
+    for lines in ([f'"{sha}"', '"0000"'], ['"0000"', f'"{sha}"'], ['"0000", "1111"', f'W/"{sha}"']):
+        response = client.get(url, headers=[("If-None-Match", line) for line in lines])
+        assert response.request.headers.get_list("if-none-match") == lines
+        assert response.status_code == 304, lines
+    response = client.get(url, headers=[("If-None-Match", '"0000"'), ("If-None-Match", '"1111"')])
+    assert response.status_code == 200 and response.content == data
+
+
+def test_identical_upload_returns_the_existing_version(client, registry):
+    first, second = make_artifact("dup-model", seed=1), make_artifact("dup-model", seed=2)
+    created = _push(client, "dup-model", first)
+    assert created.status_code == 201
+    stored = _stored_files(registry)
+    for model in ("dup-model", "DUP-Model"):
+        again = _push(client, model, first)
+        assert again.status_code == 200, again.text
+        assert again.json() == created.json() and again.headers["location"] == created.headers["location"]
+    assert _stored_files(registry) == stored
+    assert _push(client, "dup-model", second).status_code == 201
+    assert _push(client, "dup-model", first).json()["version"] == 1
+    assert [v["version"] for v in client.get("/v1/models/dup-model/versions").json()["versions"]] == [1, 2]
+
+
+def test_large_downloads_are_streamed_from_local_and_fsspec_roots(client, registry):
+    data = make_artifact("large-model", numbers=400_000)  # 1.6 MB: several stream pieces
+    registry.push(data, "large-model")
+    memory = Registry(f"memory://service-{os.getpid()}-{time.monotonic_ns()}")
+    memory.push(data, "large-model")
+    with serving(create_app(memory, token=None)) as url, httpx.Client(base_url=url, timeout=30) as fsspec_client:
+        for http in (client, fsspec_client):
+            response = http.get("/v1/models/large-model/versions/1")
+            assert response.status_code == 200 and response.content == data
+            assert response.headers["content-length"] == str(len(data))
+            assert response.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+
+
+def _read_until_closed(sock: socket.socket, began: float, limit: float) -> tuple[bytes, float]:
+    """All the server sends until it closes the connection, and the seconds from ``began`` until it did."""
+    sock.settimeout(max(0.1, began + limit - time.monotonic()))
+    received = b""
+    while chunk := sock.recv(65536):  # socket.timeout here: the server kept the connection open
+        received += chunk
+    return received, time.monotonic() - began
+
+
+HEADER_TIMEOUT, BODY_TIMEOUT = 0.5, 1.5
+
+
+def test_stalled_connections_are_closed_within_the_configured_time(registry):
+    app = create_app(registry, token=TOKEN, max_upload_bytes=UPLOAD_LIMIT, body_timeout=BODY_TIMEOUT)
+    upload = make_artifact("slow-model")
+    head = (f"POST /v1/models/slow-model/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {len(upload)}\r\n\r\n").encode()
+    stalls = {  # what the client sends, then nothing more
+        "idle": b"",
+        "partial headers": b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        "after a response": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n",
+        "upload body": head + upload[:100],
+    }
+    with serving(app, header_timeout=HEADER_TIMEOUT) as url:
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        sockets = {}
+        for name, data in stalls.items():
+            sockets[name] = (socket.create_connection(address), time.monotonic())
+            sockets[name][0].sendall(data)
+        # A request that arrives in pieces, and an upload that takes longer than the header deadline but keeps
+        # coming, are served: the deadlines bound stalls, not work.
+        with socket.create_connection(address) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            time.sleep(HEADER_TIMEOUT / 3)
+            slow.sendall(b"Connection: close\r\n\r\n")
+            assert _read_until_closed(slow, time.monotonic(), 5)[0].startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(address) as slow:
+            slow.sendall(head)
+            for piece in (upload[:400], upload[400:800], upload[800:]):
+                time.sleep(HEADER_TIMEOUT * 0.8)
+                slow.sendall(piece)
+            slow.settimeout(5)
+            assert slow.recv(65536).startswith(b"HTTP/1.1 201 ")
+        results = {name: _read_until_closed(sock, began, 10) for name, (sock, began) in sockets.items()}
+    for sock, _ in sockets.values():
+        sock.close()
+    for name in ("idle", "partial headers", "after a response"):
+        received, seconds = results[name]
+        assert 0.9 * HEADER_TIMEOUT <= seconds <= HEADER_TIMEOUT + 2, (name, seconds)
+        assert received.count(b"HTTP/1.1 ") == (name == "after a response"), (name, received)
+    received, seconds = results["upload body"]
+    assert 0.9 * BODY_TIMEOUT <= seconds <= BODY_TIMEOUT + 2, seconds
+    assert received.startswith(b"HTTP/1.1 408 ") and b"upload body not received within 1.5 s" in received
+    assert b"connection: close" in received.lower()
+
+
+def test_connections_beyond_the_limit_get_503(registry):
+    with serving(create_app(registry, token=None), max_connections=2) as url:
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(address), socket.create_connection(address), \
+                socket.create_connection(address) as third:
+            time.sleep(0.2)  # let the server see all three
+            third.sendall(request)
+            assert _read_until_closed(third, time.monotonic(), 5)[0].startswith(b"HTTP/1.1 503 ")
+        with socket.create_connection(address) as alone:
+            alone.sendall(request)
+            assert _read_until_closed(alone, time.monotonic(), 5)[0].startswith(b"HTTP/1.1 200 ")
+
+
+def test_temp_file_of_a_killed_upload_is_gone_after_restart(tmp_path):
+    root = tmp_path / "registry"
+    artifact = tmp_path / "policy.safetensors"
+    artifact.write_bytes(make_artifact("killed-model", numbers=3_000_000))
+    with push_stopped_midway(root, artifact, "killed-model", "write"):
+        temps = list((root / "models" / "killed-model").glob(".tmp-*"))
+        assert len(temps) == 1
+        with serving(create_app(Registry(root), token=None)):
+            assert temps[0].exists()  # its writer is alive: not touched
+    assert temps[0].exists()  # killed, not yet cleaned
+    with serving(create_app(Registry(root), token=None)) as url:
+        assert not temps[0].exists()
+        _assert_error(httpx.get(f"{url}/v1/models/killed-model/versions"), 404, "no policy")
+    assert Registry(root).verify() == []
 
 
 # -- l2lzo serve -------------------------------------------------------------------------------------------------
@@ -297,42 +506,35 @@ def test_serve_parser_defaults():
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve"])
     assert (args.host, args.port, args.registry, args.token_file) == ("127.0.0.1", 8000, None, None)
+    assert (args.header_timeout, args.body_timeout, args.keep_alive_timeout, args.max_connections) == (
+        10.0, 60.0, 5, 200)
     assert callable(args.func)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for option, value in (("--header-timeout", "0"), ("--body-timeout", "-1"), ("--max-connections", "x")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", option, value])
 
 
 def test_serve_command_end_to_end(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o644)  # readable by others: served, with a warning
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop(TOKEN_ENV, None)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--registry", str(tmp_path / "registry"),
-         "--token-file", str(token_file), "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    assert http.get("/healthz").json() == {"status": "ok", "models": 0}
-                    break
-                except httpx.TransportError:
-                    assert server.poll() is None and time.monotonic() < deadline, "server did not start"
-                    time.sleep(0.1)
-            assert _push(http, "minilm-l6", make_artifact("minilm-l6")).status_code == 201
-            assert http.get("/v1/models/minilm-l6/versions/1").status_code == 200
-    finally:
-        server.send_signal(signal.SIGINT)
-        output, _ = server.communicate(timeout=30)
-    assert server.returncode == 0, output
+    log = tmp_path / "server.log"
+    with service_process(log, "--registry", str(tmp_path / "registry"), "--token-file", str(token_file),
+                         "--log-level", "warning", "--header-timeout", "1", "--body-timeout", "1.5") as (url, server), \
+            httpx.Client(base_url=url, timeout=10) as http:
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        idle, stalled, began = socket.create_connection(address), socket.create_connection(address), time.monotonic()
+        stalled.sendall(f"POST /v1/models/minilm-l6/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                        "Content-Length: 1000\r\n\r\n".encode() + b"\0" * 10)
+        assert http.get("/healthz").json() == {"status": "ok", "models": 0}
+        assert _push(http, "minilm-l6", make_artifact("minilm-l6")).status_code == 201
+        assert http.get("/v1/models/minilm-l6/versions/1").status_code == 200
+        with idle, stalled:  # the timeouts given on the command line reached the server
+            assert 0.9 <= _read_until_closed(idle, began, 10)[1] <= 3
+            received, seconds = _read_until_closed(stalled, began, 10)
+            assert received.startswith(b"HTTP/1.1 408 ") and 1.4 <= seconds <= 3.5
+    assert server.returncode == 0, log.read_text()
+    output = log.read_text()
     assert "readable by other users" in output and TOKEN not in output
     assert Registry(tmp_path / "registry").get("minilm-l6").version == 1
 

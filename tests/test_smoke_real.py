@@ -87,7 +87,7 @@ def test_minilm_batch_takes_its_plan_from_a_live_policy_server(tmp_path, monkeyp
     registry = Registry(tmp_path / "registry")
     artifact = make_artifact("minilm-l6", fingerprint=fingerprint(load_model("minilm-l6").model),
                              recommended_lr="5e-5", recommended_eps="0.001", recommended_steps="4")
-    record = registry.push(artifact, "minilm-l6")
+    record = registry.push(artifact, "minilm-l6").record
     with serving(create_app(registry, token=None)) as url:
         config = BatchConfig(model="minilm-l6", tasks=["polarity"], server=url, output_dir=str(tmp_path / "out"),
                              finetune={"train_size": 8, "dev_size": 32, "test_size": 32, "eval_every": 2})
