@@ -19,7 +19,6 @@ from registry.tokens import TOKEN_ENV, load_token
 from service import limits
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``serve`` to ``subparsers``; returns its parser."""
     parser = subparsers.add_parser(
