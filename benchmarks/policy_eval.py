@@ -4,7 +4,7 @@ Every run is one ``l2lzo finetune`` (same seeds, data, forwards, eps for all arm
 ``--output`` as one JSON per run, so a killed evaluation resumes where it stopped.
 
 1. **equal lr** -- every task x seed: the policy vs sigma = 1 at the policy's recommended lr (or ``--lr``).
-2. **own best lr** -- ``--grid-tasks`` tasks x ``--grid-seeds`` seeds x ``--lr-grid``: the policy, sigma = 1
+2. **own best lr** -- ``--grid-tasks`` x ``--grid-seeds`` seeds x ``--lr-grid``: the policy, sigma = 1
    and the static baseline (sigma_b^2 ~ (G_b / d_b)^0.5 from 4 FO batches, bounded and normalised like the
    policy; ``l2lzo.profiling.gradient_profile_sigma``); each arm is scored at the lr with its best mean final
    dev loss, so a win is not just an lr change.
@@ -20,7 +20,7 @@ the transfer table, and the policy's size and cost per step.
 
     .venv/bin/python benchmarks/policy_eval.py --model minilm-l6 --policy minilm-l6@1 \\
         --tasks polarity,bbc_news,bb_multiemo,bb_fact_checker,bb_sports_understanding,bb_navigate --seeds 0,1,2 \\
-        --steps 200 --lr-grid 2e-5,5e-5,1e-4 --grid-tasks 3 --grid-seeds 2 --derivative bb_winowhy
+        --steps 200 --lr-grid 2e-5,5e-5,1e-4 --grid-seeds 2 --derivative bb_winowhy
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def run_arm(base: FinetuneConfig, arm: str, policy_file: str, out: Path, model: 
         loaded = load_model(config.model)
         splits = load_task(config.task, seed=config.seed, train_size=config.train_size)
         scorer = Scorer(loaded, max_length=config.max_length)
-        batches = [splits.train[i * config.batch_size:(i + 1) * config.batch_size] for i in range(4)]
+        size = config.batch_size
+        batches = [[splits.train[(i * size + j) % len(splits.train)] for j in range(size)] for i in range(4)]
         sigma = gradient_profile_sigma(loaded.model, [grouped_loss(scorer, b) for b in batches])
         hook = _StaticSigma(sigma)
     result = finetune(config, progress=False, sigma_hook=hook)
@@ -139,10 +140,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=None, help="equal-lr arms (default: the policy's recommended)")
     parser.add_argument("--lr-grid", default=None, help="comma-separated lrs for the own-best-lr comparison")
-    parser.add_argument("--grid-tasks", type=int, default=3)
+    parser.add_argument("--grid-tasks", default=None, help="tasks of the lr-grid comparison (default: first 3)")
     parser.add_argument("--grid-seeds", type=int, default=2)
     parser.add_argument("--derivative", default=None, help="task to make a derivative on (transfer check)")
-    parser.add_argument("--derivative-tasks", type=int, default=3)
+    parser.add_argument("--derivative-tasks", default=None, help="tasks of the transfer check (default: first 3)")
     parser.add_argument("--derivative-seeds", type=int, default=2)
     parser.add_argument("--dev-size", type=int, default=200)
     parser.add_argument("--test-size", type=int, default=200)
@@ -160,6 +161,8 @@ def main() -> None:
     policy_file = str(artifact.path)
     lr = args.lr or artifact.recommended()["lr"]
     tasks = [t for t in args.tasks.split(",") if t]
+    grid_tasks = [t for t in (args.grid_tasks or ",".join(tasks[:3])).split(",") if t]
+    derivative_tasks = [t for t in (args.derivative_tasks or ",".join(tasks[:3])).split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.output or f"benchmarks/results/policy_eval/{args.model}_{args.scheme}".replace("/", "-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,7 @@ def main() -> None:
     if args.lr_grid:
         grid = [float(x) for x in args.lr_grid.split(",")]
         rows = []
-        for task in tasks[:args.grid_tasks]:
+        for task in grid_tasks:
             for seed in seeds[:args.grid_seeds]:
                 for value in grid:
                     for arm in ARMS:
@@ -204,7 +207,7 @@ def main() -> None:
     if args.derivative:
         folder = make_derivative(args.model, args.derivative, out)
         rows = []
-        for task in tasks[:args.derivative_tasks]:
+        for task in derivative_tasks:
             for seed in seeds[:args.derivative_seeds]:
                 for arm in ("policy", "sigma=1"):
                     rows.append(run_arm(replace(base, task=task, seed=seed), arm, policy_file, out / "derivative",
