@@ -12,6 +12,7 @@ scored on the held-out gap; the best trial's final checkpoint is kept.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -37,7 +38,7 @@ class RayProgress:
         from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
         self.bar = ray_tqdm(desc="meta-train", total=total)
-        self.bar.n = done
+        self.bar.update(done)  # a resumed run starts where its checkpoint was
 
     def step(self, description: str) -> None:
         self.bar.set_description(f"meta-train ({description})")
@@ -99,6 +100,9 @@ class RayRuntime:
 
 def _worker(loop_config: dict) -> None:
     """One Ray Train worker: its share of the cores, then the loop."""
+    # Ray Train logs every report at INFO through a logger named after its file, outside ray.train's own
+    # logging config; warnings and errors still show.
+    logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(loop_config["threads"])
     meta_train_loop(MetaTrainConfig.from_json(loop_config["config"]), RayRuntime())
 
