@@ -22,9 +22,12 @@ Per step (the same for every block, so the policy can reshape sigma as training 
 =================  ==========================================================================================
 
 Left out, on purpose: the drift |theta_b - theta_b(0)| / |theta_b(0)| needs a copy of theta_b(0) (double
-memory for full fine-tuning, which ZO exists to avoid), and at ZO learning rates it stays ~1e-4 over a run,
-a function of lr x progress. The previous sigma_b is a function of the previous step's features, so it adds a
-feedback loop without information. theta_b's mean and rms are read once: ZO moves them by ~1e-4 in a run.
+memory for full fine-tuning, which ZO exists to avoid). It is not small: on minilm-l6 (full, polarity, 400
+ZO-SGD steps at lr 5e-5) the median block drifted 18% (p90 46%), mostly ZO's random walk, a function of lr,
+progress and the block's rms, which the features carry. The previous sigma_b is a function of the previous
+step's features, so it adds a feedback loop without information. theta_b's mean and rms are read once: in the
+same run a block's rms moved by a median 1.5% (p90 10%; its feature by < 0.011) and mean / rms by a median
+0.001; the exception is a tensor that starts near zero (a key bias, which softmax ignores, grew 20x).
 """
 
 from __future__ import annotations
