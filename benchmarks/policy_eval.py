@@ -11,7 +11,8 @@ Every run is one ``l2lzo finetune`` (same seeds, data, forwards, eps for all arm
 3. **transfer** (``--derivative TASK``) -- the base model fine-tuned with FO-Adam on TASK (a task the evaluation
    does not use) is a derivative with the base's fingerprint; the policy vs sigma = 1 from there.
 
-Runs already in ``--output`` are read, not rerun: evaluations of disjoint task lists can run side by side
+Runs already in ``--output`` are read, not rerun (the equal-lr and lr-grid comparisons share ``runs/``, so a
+run both need is made once): evaluations of disjoint task lists can run side by side
 (``--threads 1`` each), and a last invocation over all tasks writes the report from their results.
 
 Reported (``report.md``, ``summary.json``): the win rate on final dev loss, the mean dev- and test-accuracy
@@ -26,6 +27,7 @@ the transfer table, and the policy's size and cost per step.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -49,7 +51,11 @@ def run_arm(base: FinetuneConfig, arm: str, policy_file: str, out: Path, model: 
     """One fine-tune (skipped when its results exist); the numbers the report needs."""
     path = out / f"{Path(base.task).stem}_{arm.replace('=', '')}_lr{base.lr:g}_s{base.seed}.json"
     if path.exists():
-        return json.loads(path.read_text())["summary"]
+        data = json.loads(path.read_text())
+        used = (data.get("policy") or {}).get("sha256")
+        if arm == "policy" and used != _sha256(policy_file):
+            raise SystemExit(f"{path} was made with another policy (sha256 {str(used)[:12]}); use another --output")
+        return data["summary"]
     config = replace(base, model=model or base.model, output=str(path),
                      policy=policy_file if arm == "policy" else None)
     hook = None
@@ -74,6 +80,10 @@ def run_arm(base: FinetuneConfig, arm: str, policy_file: str, out: Path, model: 
     data["summary"] = summary
     write_json(path, data)
     return summary
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class _StaticSigma:
@@ -176,7 +186,7 @@ def main() -> None:
     for task in tasks:
         for seed in seeds:
             for arm in ("policy", "sigma=1"):
-                equal.append(run_arm(replace(base, task=task, seed=seed), arm, policy_file, out / "equal_lr"))
+                equal.append(run_arm(replace(base, task=task, seed=seed), arm, policy_file, out / "runs"))
             say(f"equal lr {lr:g}: {task} seed {seed}: dev loss policy {equal[-2]['dev_loss']:.4f} "
                 f"vs sigma=1 {equal[-1]['dev_loss']:.4f}")
     summary = {"model": args.model, "scheme": args.scheme, "policy": artifact.summary(), "lr": lr,
@@ -191,7 +201,7 @@ def main() -> None:
                 for value in grid:
                     for arm in ARMS:
                         rows.append(run_arm(replace(base, task=task, seed=seed, lr=value), arm, policy_file,
-                                            out / "lr_grid"))
+                                            out / "runs"))
                 say(f"lr grid: {task} seed {seed} done")
         best = {}
         for arm in ARMS:
