@@ -27,7 +27,6 @@ the transfer table, and the policy's size and cost per step.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
 from l2lzo.models import load_model
+from l2lzo.policy import PolicyArtifact
 from l2lzo.policy_source import open_policy
 from l2lzo.profiling import gradient_profile_sigma
 from l2lzo.scoring import Scorer
@@ -47,17 +47,17 @@ from meta_train.config import EVALUATION_TASKS
 ARMS = ("policy", "sigma=1", "static")
 
 
-def run_arm(base: FinetuneConfig, arm: str, policy_file: str, out: Path, model: str | None = None) -> dict:
+def run_arm(base: FinetuneConfig, arm: str, policy: PolicyArtifact, out: Path, model: str | None = None) -> dict:
     """One fine-tune (skipped when its results exist); the numbers the report needs."""
     path = out / f"{Path(base.task).stem}_{arm.replace('=', '')}_lr{base.lr:g}_s{base.seed}.json"
     if path.exists():
         data = json.loads(path.read_text())
         used = (data.get("policy") or {}).get("sha256")
-        if arm == "policy" and used != _sha256(policy_file):
+        if arm == "policy" and used != policy.sha256:
             raise SystemExit(f"{path} was made with another policy (sha256 {str(used)[:12]}); use another --output")
         return data["summary"]
     config = replace(base, model=model or base.model, output=str(path),
-                     policy=policy_file if arm == "policy" else None)
+                     policy=str(policy.path) if arm == "policy" else None)
     hook = None
     if arm == "static":
         loaded = load_model(config.model)
@@ -80,10 +80,6 @@ def run_arm(base: FinetuneConfig, arm: str, policy_file: str, out: Path, model: 
     data["summary"] = summary
     write_json(path, data)
     return summary
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class _StaticSigma:
@@ -168,7 +164,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     artifact = open_policy(args.policy, registry_root=args.registry)
-    policy_file = str(artifact.path)
     lr = args.lr or artifact.recommended()["lr"]
     tasks = [t for t in args.tasks.split(",") if t]
     grid_tasks = [t for t in (args.grid_tasks or ",".join(tasks[:3])).split(",") if t]
@@ -186,7 +181,7 @@ def main() -> None:
     for task in tasks:
         for seed in seeds:
             for arm in ("policy", "sigma=1"):
-                equal.append(run_arm(replace(base, task=task, seed=seed), arm, policy_file, out / "runs"))
+                equal.append(run_arm(replace(base, task=task, seed=seed), arm, artifact, out / "runs"))
             say(f"equal lr {lr:g}: {task} seed {seed}: dev loss policy {equal[-2]['dev_loss']:.4f} "
                 f"vs sigma=1 {equal[-1]['dev_loss']:.4f}")
     summary = {"model": args.model, "scheme": args.scheme, "policy": artifact.summary(), "lr": lr,
@@ -200,7 +195,7 @@ def main() -> None:
             for seed in seeds[:args.grid_seeds]:
                 for value in grid:
                     for arm in ARMS:
-                        rows.append(run_arm(replace(base, task=task, seed=seed, lr=value), arm, policy_file,
+                        rows.append(run_arm(replace(base, task=task, seed=seed, lr=value), arm, artifact,
                                             out / "runs"))
                 say(f"lr grid: {task} seed {seed} done")
         best = {}
@@ -220,7 +215,7 @@ def main() -> None:
         for task in derivative_tasks:
             for seed in seeds[:args.derivative_seeds]:
                 for arm in ("policy", "sigma=1"):
-                    rows.append(run_arm(replace(base, task=task, seed=seed), arm, policy_file, out / "derivative",
+                    rows.append(run_arm(replace(base, task=task, seed=seed), arm, artifact, out / "derivative",
                                         model=str(folder)))
         summary["transfer"] = {"derivative_of": args.model, "fine_tuned_on": args.derivative,
                                "policy_vs_sigma1": paired(rows, "policy", "sigma=1"), "rows": rows}
@@ -228,7 +223,7 @@ def main() -> None:
     training = json.loads(artifact.metadata["training_config"])
     steps_cost = [r["policy_seconds_per_step"] / r["median_step_seconds"] for r in equal if r["arm"] == "policy"]
     summary["policy_size"] = {"numbers": training.get("policy_numbers"), "bytes": training.get("policy_bytes"),
-                              "file_bytes": Path(policy_file).stat().st_size,
+                              "file_bytes": artifact.path.stat().st_size,
                               "cost_fraction_of_step": statistics.median(steps_cost) if steps_cost else None}
     write_json(out / "summary.json", summary)
     atomic_write_text(out / "report.md", report(summary, " ".join(sys.argv)))
