@@ -121,6 +121,19 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
+def _checkpoint_log():
+    """A Ray Train callback that logs each checkpoint once the controller has registered it (then it survives a
+    worker's death; a line from the worker itself could announce one that is then lost)."""
+    import ray.train
+
+    class CheckpointLog(ray.train.UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is not None:
+                print(f"checkpoint at meta-step {metrics[0]['meta_step']}", flush=True)
+
+    return CheckpointLog()
+
+
 def _trainer(config: MetaTrainConfig, name: str, storage: Path, callbacks: list | None = None):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -135,7 +148,8 @@ def _trainer(config: MetaTrainConfig, name: str, storage: Path, callbacks: list 
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=config.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[_checkpoint_log(), *(callbacks or [])],
                              # Ray Train logs every report at INFO; its placement-group monitor warns every few
                              # seconds when the state API (the dashboard's) is absent. The loop logs what matters.
                              logging_config=LoggingConfig(log_level="ERROR")),

@@ -58,7 +58,12 @@ class Runtime(Protocol):
         """Load the latest checkpoint into ``state``; False when there is none."""
 
     def report(self, metrics: dict, state: TrainingState | None) -> None:
-        """Publish one meta-step's metrics; with ``state``, also a checkpoint of it (rank 0's counts)."""
+        """Publish one meta-step's metrics; with ``state``, also a checkpoint of it (rank 0's counts).
+
+        The "checkpoint at meta-step N" line is logged where the checkpoint is durable, not by the loop: under
+        Ray a worker's report returns before the controller has collected it, so a worker killed in between
+        loses that checkpoint even though the worker itself had finished writing it.
+        """
 
 
 class TqdmProgress:
@@ -106,6 +111,8 @@ class LocalRuntime:
         self.reports.append(metrics)
         if state is not None:
             save_checkpoint(state, self.folder)
+            if self.show_progress:
+                tqdm.write(f"checkpoint at meta-step {state.meta_step}")
 
 
 def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedModel | None = None
@@ -173,8 +180,6 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
         # Validation steps are checkpointed too: a sweep keeps the policy its score belongs to.
         checkpoint = state.meta_step % config.checkpoint_every == 0 or validated
         runtime.report(record, state if checkpoint else None)
-        if checkpoint:
-            say(f"checkpoint at meta-step {state.meta_step}")
         bar.step(f"meta-loss {record['meta_loss']:.3f}, {record['seconds']:.1f} s/step, {task}")
     bar.close()
     return state
