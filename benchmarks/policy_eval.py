@@ -17,7 +17,7 @@ run both need is made once): evaluations of disjoint task lists can run side by 
 
 Reported (``report.md``, ``summary.json``): the win rate on final dev loss, the mean dev- and test-accuracy
 difference (policy - sigma = 1) with a 95% t-interval over task x seed pairs, per-task rows, the lr-grid table,
-the transfer table, and the policy's size and cost per step.
+the transfer table, and the policy's size and cost per step; ``curves.png``: dev loss by step, both arms.
 
     .venv/bin/python benchmarks/policy_eval.py --model minilm-l6 --policy minilm-l6@1 \\
         --tasks polarity,bbc_news,bb_multiemo,bb_fact_checker,bb_sports_understanding,bb_navigate --seeds 0,1,2 \\
@@ -37,6 +37,7 @@ from pathlib import Path
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
 from l2lzo.models import load_model
+from l2lzo.plotting import save_png, subplots
 from l2lzo.policy import PolicyArtifact
 from l2lzo.policy_source import open_policy
 from l2lzo.profiling import gradient_profile_sigma
@@ -226,8 +227,30 @@ def main() -> None:
                               "file_bytes": artifact.path.stat().st_size,
                               "cost_fraction_of_step": statistics.median(steps_cost) if steps_cost else None}
     write_json(out / "summary.json", summary)
+    plot_curves(equal, out / "curves.png", f"{args.model} ({args.scheme}), lr {lr:g}: learned policy vs sigma = 1")
     atomic_write_text(out / "report.md", report(summary, " ".join(sys.argv)))
     print(report(summary, " ".join(sys.argv)))
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> None:
+    """One panel per task: dev loss by step for each arm, mean over seeds (thin lines: the seeds)."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axs = subplots(len(tasks), width=5.0, height=3.4)
+    for ax, task in zip(axs, tasks, strict=True):
+        for colour, arm in zip(("C0", "C1"), ("policy", "sigma=1"), strict=True):
+            curves = [r["curve"] for r in rows if r["task"] == task and r["arm"] == arm]
+            if not curves:
+                continue
+            for curve in curves:
+                ax.plot(*zip(*curve, strict=True), color=colour, lw=0.6, alpha=0.35)
+            steps = [s for s, _ in curves[0]]
+            ax.plot(steps, [statistics.fmean(c[i][1] for c in curves) for i in range(len(steps))], color=colour,
+                    marker="o", markersize=3, label=f"{arm} (mean of {len(curves)})")
+        ax.set(title=task, xlabel="step", ylabel="dev loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    save_png(fig, path)
 
 
 def _fmt(p: dict) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import FinetuneConfig, finetune
+from l2lzo.plotting import save_png
 from l2lzo.policy import OptimizerPlan, PolicyArtifact, resolve_plan
 
 
@@ -239,11 +240,7 @@ def _plot(outcomes: list[TaskOutcome], path: Path, title: str) -> None:
     ax.set(xlabel="step", ylabel="dev accuracy", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=120)
 
 
 def _task_stem(task: str) -> str:

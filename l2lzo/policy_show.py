@@ -8,7 +8,6 @@ layer x role, so a user can see the shape the policy puts on the model.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from l2lzo.blocks import ROLES, Block, discover_blocks, group_key
 from l2lzo.errors import L2LZOError
 from l2lzo.models import fingerprint, load_model
+from l2lzo.plotting import save_png
 from l2lzo.policy import PolicyArtifact
 from l2lzo.policy_features import STEP_FEATURES, block_features
 from l2lzo.schemes import apply_scheme
@@ -90,8 +90,4 @@ def plot_sigma(rows: list[tuple[Block, float]], path: Path, title: str) -> None:
     ax.set_yticks(range(len(roles)), roles)
     ax.set(xlabel="layer (or non-layer group)", title=title)
     fig.colorbar(image, ax=ax, label="sigma")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)

@@ -23,6 +23,7 @@ from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks, group_blocks
 from l2lzo.errors import check_choice
+from l2lzo.plotting import save_png
 
 METRICS = ("taylor", "grad-norm")
 
@@ -123,9 +124,7 @@ def plot_profile(profile: Sequence[GroupImportance], path, title: str, fo_groups
     ax.bar(range(len(profile)), [g.share for g in profile], color=colors)
     ax.set_xticks(range(len(profile)), [g.group for g in profile], rotation=90, fontsize=7)
     ax.set(ylabel="share of importance", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def profile_records(profile: Sequence[GroupImportance]) -> list[dict]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from l2lzo.plotting import save_png
 
 
 def plot_history(history: list[dict], path: Path, title: str) -> None:
@@ -29,8 +30,4 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     bottom.plot([h["meta_step"] for h in validated], [h["heldout_gap"] for h in validated], marker="o", color="C1")
     bottom.set(xlabel="meta-step", ylabel="held-out gap (policy / sigma=1 - 1)")
     bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)

@@ -19,6 +19,7 @@ from l2lzo.bench.cells import FINETUNE, PROBE
 from l2lzo.bench.store import GRID_JSON, OK, ResultStore, now
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_text
+from l2lzo.plotting import save_png, subplots
 
 REPORT = "RESULTS.md"
 SEED = "seed"
@@ -229,34 +230,12 @@ def _panel_name(record: dict, fields: tuple[str, ...]) -> tuple:
     return tuple(_name(record["config"].get(f, "")) for f in fields)
 
 
-def _subplots(count: int, width: float = 6.5, height: float = 4.0):
-    import matplotlib.pyplot as plt
-
-    cols = min(count, 2)
-    rows = (count + cols - 1) // cols
-    fig, axs = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-    for ax in axs.flat[count:]:
-        ax.set_visible(False)
-    return fig, list(axs.flat)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 def _bar_panels(path: Path, records: list[dict], panel_fields: tuple[str, ...], metric: str, ylabel: str,
                 reference: float | None = None, zero_shot: bool = False) -> Path:
     panels = defaultdict(list)
     for r in records:
         panels[_panel_name(r, panel_fields)].append(r)
-    fig, axs = _subplots(len(panels))
+    fig, axs = subplots(len(panels))
     for ax, (name, group) in zip(axs, panels.items(), strict=False):
         schemes = list(dict.fromkeys(r["config"]["scheme"] for r in group))
         series = list(dict.fromkeys(_series(r) for r in group))
@@ -278,14 +257,14 @@ def _bar_panels(path: Path, records: list[dict], panel_fields: tuple[str, ...], 
                ylabel=ylabel)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _dev_loss(path: Path, records: list[dict]) -> Path:
     panels = defaultdict(lambda: defaultdict(list))
     for r in records:
         panels[_panel_name(r, ("model", "task"))][f"{_series(r)} · {r['config']['scheme']}"].append(r["evals"])
-    fig, axs = _subplots(len(panels))
+    fig, axs = subplots(len(panels))
     for ax, (name, lines) in zip(axs, panels.items(), strict=False):
         for label, runs in lines.items():
             steps = sorted(set.intersection(*({e["step"] for e in run} for run in runs)))
@@ -295,7 +274,7 @@ def _dev_loss(path: Path, records: list[dict]) -> Path:
         ax.set(title=" · ".join(name), xlabel="step", ylabel="dev loss (mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _growth(path: Path, records: list[dict], field: str, xlabel: str) -> Path | None:
@@ -311,7 +290,7 @@ def _growth(path: Path, records: list[dict], field: str, xlabel: str) -> Path | 
     lines = {name: points for name, points in lines.items() if len(points) > 1}
     if not lines:
         return None
-    fig, (mem, step) = _subplots(2, width=6.0)
+    fig, (mem, step) = subplots(2, width=6.0)
     for name, points in lines.items():
         xs = sorted(points)
         for ax, metric in ((mem, "peak_rss_mib"), (step, "step_seconds")):
@@ -328,4 +307,4 @@ def _growth(path: Path, records: list[dict], field: str, xlabel: str) -> Path | 
         for ax in (mem, step):
             ax.set_xticks(sorted(names), [f"{names[x]}\n{x / 1e6:.1f}M" for x in sorted(names)], fontsize=7)
             ax.minorticks_off()
-    return _save(fig, path)
+    return save_png(fig, path)
