@@ -228,8 +228,9 @@ def main() -> None:
                               "cost_fraction_of_step": statistics.median(steps_cost) if steps_cost else None}
     write_json(out / "summary.json", summary)
     plot_curves(equal, out / "curves.png", f"{args.model} ({args.scheme}), lr {lr:g}: learned policy vs sigma = 1")
-    atomic_write_text(out / "report.md", report(summary, " ".join(sys.argv)))
-    print(report(summary, " ".join(sys.argv)))
+    text = report(summary, " ".join(sys.argv))
+    atomic_write_text(out / "report.md", text)
+    print(text)
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import FinetuneConfig, finetune
-from l2lzo.plotting import save_png
+from l2lzo.plotting import pyplot, save_png
 from l2lzo.policy import OptimizerPlan, PolicyArtifact, resolve_plan
 
 
@@ -228,10 +228,7 @@ def _markdown(summary: dict) -> str:
 
 
 def _plot(outcomes: list[TaskOutcome], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for o in outcomes:

@@ -1,4 +1,4 @@
-"""Shared matplotlib plumbing for l2lzo's PNGs: a grid of panels and an atomic save."""
+"""Shared matplotlib plumbing for l2lzo's PNGs: the headless backend, a grid of panels and an atomic save."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ import os
 from pathlib import Path
 
 
-def subplots(count: int, width: float = 6.5, height: float = 4.0):
-    """``count`` panels, two per row; the figure and its visible axes in order (Agg backend)."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend: l2lzo only writes files, and servers have no display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def subplots(count: int, width: float = 6.5, height: float = 4.0):
+    """``count`` panels, two per row; the figure and its visible axes in order."""
     cols = min(count, 2)
     rows = (count + cols - 1) // cols
-    fig, axs = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axs = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axs.flat[count:]:
         ax.set_visible(False)
     return fig, list(axs.flat)[:count]
@@ -23,12 +28,10 @@ def subplots(count: int, width: float = 6.5, height: float = 4.0):
 
 def save_png(fig, path: Path, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG) and close it."""
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
+    pyplot().close(fig)
     os.replace(tmp, path)
     return path

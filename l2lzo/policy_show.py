@@ -16,7 +16,7 @@ import torch
 from l2lzo.blocks import ROLES, Block, discover_blocks, group_key
 from l2lzo.errors import L2LZOError
 from l2lzo.models import fingerprint, load_model
-from l2lzo.plotting import save_png
+from l2lzo.plotting import pyplot, save_png
 from l2lzo.policy import PolicyArtifact
 from l2lzo.policy_features import STEP_FEATURES, block_features
 from l2lzo.schemes import apply_scheme
@@ -68,10 +68,7 @@ def describe(artifact: PolicyArtifact, rows: list[tuple[Block, float]], scheme: 
 
 def plot_sigma(rows: list[tuple[Block, float]], path: Path, title: str) -> None:
     """Heatmap of sigma: roles down, layers across (blocks outside the layers in their own column)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     columns: list[str] = []
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)

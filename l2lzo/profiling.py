@@ -23,7 +23,7 @@ from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks, group_blocks
 from l2lzo.errors import check_choice
-from l2lzo.plotting import save_png
+from l2lzo.plotting import pyplot, save_png
 
 METRICS = ("taylor", "grad-norm")
 
@@ -114,10 +114,7 @@ def profile_table(profile: Sequence[GroupImportance], fo_groups: Sequence[str] =
 
 def plot_profile(profile: Sequence[GroupImportance], path, title: str, fo_groups: Sequence[str] = ()) -> None:
     """A bar chart of each group's share of the importance (FO picks highlighted), saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(profile)), 4.0))
     colors = ["tab:orange" if g.group in fo_groups else "tab:blue" for g in profile]

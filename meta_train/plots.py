@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from l2lzo.plotting import save_png
+from l2lzo.plotting import pyplot, save_png
 
 
 def plot_history(history: list[dict], path: Path, title: str) -> None:
     """Two panels: meta-loss (raw and smoothed) and held-out gap (policy vs sigma = 1, relative)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [h["meta_step"] for h in history]
     losses = [h["meta_loss"] for h in history]

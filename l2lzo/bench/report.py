@@ -204,9 +204,6 @@ def _where(labels: dict) -> str:
 def _plots(folder: Path, records: list[dict], kind: str) -> list[Path]:
     if not records:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
     if kind == FINETUNE:
         made = [_bar_panels(folder / "accuracy.png", records, ("model", "task"), "test_accuracy_after",
                             "test accuracy after (mean ± std over seeds)", zero_shot=True),
