@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from l2lzo.errors import L2LZOError
@@ -137,12 +138,19 @@ def _builtin_folder(name: str) -> Path:
         return _package_dir(package) / "model"
     target = cache_dir() / "models" / name
     if not (target / "model.safetensors").exists():
-        _rebuild_smollm2(_package_dir(package), target)
+        # One process converts; the others wait and then find it done. Without the lock, two first loads at
+        # once (Ray workers, bench cells) each converted, and the second replaced the folder while the first
+        # was reading it (measured: a 2-worker meta-train lost a worker to a config.json without model_type).
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(target.parent / f".{name}.lock"):
+            if not (target / "model.safetensors").exists():
+                _rebuild_smollm2(_package_dir(package), target)
     return target
 
 
 def _rebuild_smollm2(package_dir: Path, target: Path) -> None:
-    """Dequantize the GGUF once into a clean float32 safetensors folder (atomic: temp dir + rename).
+    """Dequantize the GGUF once into a clean float32 safetensors folder (atomic: temp dir + rename; the caller
+    holds the conversion lock).
 
     ``save_pretrained`` refuses GGUF-loaded models, so a fresh ``LlamaForCausalLM`` is built from the
     config (without the quantization entry) and given the dequantized state dict.
@@ -156,7 +164,6 @@ def _rebuild_smollm2(package_dir: Path, target: Path) -> None:
         del config.quantization_config
     clean = LlamaForCausalLM(config)
     clean.load_state_dict(gguf_model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         clean.save_pretrained(tmp)

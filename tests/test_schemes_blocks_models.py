@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
+from l2lzo import models
 from l2lzo.blocks import discover_blocks, role_of
 from l2lzo.errors import L2LZOError
 from l2lzo.models import CAUSAL, ENCODER, fingerprint, load_model, tiny_model
@@ -94,3 +99,25 @@ def test_local_folder_round_trip(tmp_path):
     again = load_model(str(tmp_path))
     assert again.family == CAUSAL and fingerprint(again.model) == fingerprint(loaded.model)
     assert again.tokenizer.padding_side == "left"
+
+
+def test_concurrent_first_loads_convert_once_and_never_see_a_half_replaced_folder(tmp_path, monkeypatch):
+    """Two first loads at once (Ray workers) once both converted, and the second replaced the folder while the
+    first read it. Under the conversion lock one converts and the other waits and finds it done."""
+    monkeypatch.setenv("L2LZO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "_package_dir", lambda package: tmp_path)
+    conversions = []
+
+    def slow_rebuild(package_dir, target):
+        conversions.append(target)
+        time.sleep(0.3)  # long enough for the other thread to arrive while this one converts
+        tmp = tmp_path / f".{target.name}-partial"
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_text("weights")
+        os.replace(tmp, target)
+
+    monkeypatch.setattr(models, "_rebuild_smollm2", slow_rebuild)
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: models._builtin_folder("smollm2-135m"), range(4)))
+    assert len(conversions) == 1
+    assert all((f / "model.safetensors").read_text() == "weights" for f in folders)
