@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -235,6 +236,8 @@ def _markdown(report: dict) -> str:
     lines = [
         "# Policy service load test",
         "",
+        f"Command: `{report['command']}`",
+        "",
         f"`GET /v1/models/{MODEL}/versions/latest`, {report['config']['clients']} concurrent keep-alive clients, "
         f"{report['config']['duration_s']:.0f} s per measurement after {report['config']['warmup_s']:.0f} s warm-up, "
         f"{report['config']['runs']} runs per mode. Policy file: {report['artifact']['numbers']:,} float32 numbers, "
@@ -329,6 +332,9 @@ def main() -> None:
                          for key in ("rss_before_mib", "rss_peak_mib", "rss_after_mib", "wall_s", "p50_ms", "max_ms")}
     report = {
         "what": f"GET /v1/models/{MODEL}/versions/latest throughput and latency",
+        "command": shlex.join(["python", "benchmarks/service_load.py", "--duration", f"{args.duration:g}",
+                               "--warmup", f"{args.warmup:g}", "--runs", str(args.runs), "--clients",
+                               str(args.clients), "--output", args.output]),
         "config": {"clients": args.clients, "duration_s": args.duration, "warmup_s": args.warmup, "runs": args.runs},
         "artifact": {"numbers": numbers, "bytes": len(data), "sha256": etag.strip('"')},
         "large_artifact": {"numbers": LARGE_NUMBERS, "bytes": len(large)},

@@ -235,6 +235,21 @@ def test_one_report_of_several_grids_links_their_plots(tmp_path):
     assert "(../b/out/growth_seq_len.png)" in text and not (finetunes / "RESULTS.md").exists()
 
 
+def test_included_sections_are_appended_one_level_down_under_the_stated_command(tmp_path, capsys):
+    probes = _probe_results(tmp_path)
+    service = tmp_path / "service_load.md"
+    service.write_text("# Policy service load test\n\n## Runs\n\n| mode | requests/s |\n|---|---|\n| full | 1500 |\n")
+    report = tmp_path / "RESULTS.md"
+    assert main(["bench", "report", str(probes), "--output", str(report), "--include", str(service),
+                 "--command", "benchmarks/regenerate"]) == 0
+    text = report.read_text()
+    assert text.startswith("# Benchmark results\n\nRegenerate: `benchmarks/regenerate`\n")
+    assert text.index("### Results") < text.index("## Policy service load test\n") < text.index("### Runs\n")
+    assert "| full | 1500 |" in text
+    assert main(["bench", "report", str(probes), "--include", str(tmp_path / "missing.md")]) == 2
+    assert "--include" in capsys.readouterr().err
+
+
 def test_report_of_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert main(["bench", "report", str(tmp_path)]) == 2
     assert "holds no grid results" in capsys.readouterr().err

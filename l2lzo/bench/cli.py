@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     report.add_argument("dirs", metavar="DIR", nargs="+", help="`bench run` output folders")
     report.add_argument("--output", metavar="FILE", default=None,
                         help="the report file (default: DIR/RESULTS.md for one DIR, else ./RESULTS.md)")
+    report.add_argument("--include", metavar="FILE.md", action="append", default=[],
+                        help="append this markdown file as a section (a benchmark no grid declares, such as "
+                             "benchmarks/service_load.py's report); repeatable")
+    report.add_argument("--command", default=None,
+                        help="the one command that regenerates the whole report, stated at its top (default: the "
+                             "grids' run commands and this report command)")
     report.set_defaults(func=_report)
     return parser
 
@@ -50,4 +56,4 @@ def _run(args) -> None:
 def _report(args) -> None:
     from l2lzo.bench.report import write_report
 
-    print(f"written {write_report(args.dirs, args.output)}")
+    print(f"written {write_report(args.dirs, args.output, args.include, args.command)}")

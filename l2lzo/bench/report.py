@@ -42,28 +42,39 @@ PROBE_COLUMNS = [
 ]
 
 
-def write_report(folders: list[str | Path], output: str | Path | None = None) -> Path:
+def write_report(folders: list[str | Path], output: str | Path | None = None, includes: list[str | Path] = (),
+                 command: str | None = None) -> Path:
     """Write the report of one or more ``bench run`` output folders; returns its path.
 
     One folder and no ``output``: ``FOLDER/RESULTS.md``. Otherwise one markdown file at ``output`` (default
     ``RESULTS.md`` here) with a section per grid. Plots are written into each grid's folder and linked from it.
+    ``includes``: markdown files of benchmarks a grid cannot declare (the service load test), appended as
+    sections with their headings one level down. ``command``: the one command that regenerates the whole report
+    (a script that also writes the included files); by default, the grids' run commands and this report.
     """
     folders = [Path(f) for f in folders]
     for folder in folders:
         if not (folder / GRID_JSON).exists():
             raise L2LZOError(f"{folder} holds no grid results ({GRID_JSON} is missing): run `l2lzo bench run` first")
+    for include in map(Path, includes):
+        if not include.is_file():
+            raise L2LZOError(f"--include {include}: no such file")
     grids = [json.loads((f / GRID_JSON).read_text()) for f in folders]
-    if output is None and len(folders) == 1:
+    if output is None and len(folders) == 1 and not includes:
         path = folders[0] / REPORT
-        command = f"{grids[0]['command']} && l2lzo bench report {folders[0]}"
+        command = command or f"{grids[0]['command']} && l2lzo bench report {folders[0]}"
         lines = [f"# {grids[0]['name']}", "", f"Regenerate: `{command}`", "", *_section(folders[0], grids[0], path, 2)]
     else:
         path = Path(output or REPORT)
-        report = shlex.join(["l2lzo", "bench", "report", *map(str, folders), "--output", str(path)])
-        command = " && ".join([*(g["command"] for g in grids), report])
+        report = shlex.join(["l2lzo", "bench", "report", *map(str, folders), "--output", str(path),
+                             *(a for i in includes for a in ("--include", str(i)))])
+        command = command or " && ".join([*(g["command"] for g in grids), report])
         lines = ["# Benchmark results", "", f"Regenerate: `{command}`", ""]
         for folder, grid in zip(folders, grids, strict=True):
             lines += [f"## {grid['name']}", "", *_section(folder, grid, path, 3)]
+        for include in map(Path, includes):
+            lines += [("#" + line) if line.startswith("#") else line for line in include.read_text().splitlines()]
+            lines.append("")
     atomic_write_text(path, "\n".join(lines))
     return path
 
