@@ -48,7 +48,7 @@ from meta_train.config import EVALUATION_TASKS
 ARMS = ("policy", "sigma=1", "static")
 
 
-def run_arm(base: FinetuneConfig, arm: str, policy: PolicyArtifact, out: Path, model: str | None = None) -> dict:
+def run_arm(base: FinetuneConfig, arm: str, policy: PolicyArtifact | None, out: Path, model: str | None = None) -> dict:
     """One fine-tune (skipped when its results exist); the numbers the report needs."""
     path = out / f"{Path(base.task).stem}_{arm.replace('=', '')}_lr{base.lr:g}_s{base.seed}.json"
     if path.exists():
@@ -140,7 +140,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--scheme", default="full")
-    parser.add_argument("--policy", required=True, help="FILE or MODEL[@VERSION] (local registry)")
+    parser.add_argument("--policy", default=None, help="FILE or MODEL[@VERSION] (local registry); required unless "
+                                                       "--baseline-only")
     parser.add_argument("--registry", default=None)
     parser.add_argument("--tasks", default=",".join(EVALUATION_TASKS))
     parser.add_argument("--seeds", default="0,1,2")
@@ -158,13 +159,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (run several evaluations on disjoint --tasks side by side with 1 each; a "
                              "last run over all tasks then only reads their results and writes the report)")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="run only the sigma = 1 arms of the equal-lr comparison (needs --lr, not --policy), so "
+                             "the baseline can run while the policy is still meta-training; a later run reads them")
     args = parser.parse_args()
+    if args.baseline_only and args.lr is None:
+        parser.error("--baseline-only needs --lr (the equal lr both arms will use)")
+    if not args.baseline_only and args.policy is None:
+        parser.error("--policy is required (or --baseline-only)")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
-    artifact = open_policy(args.policy, registry_root=args.registry)
+    artifact = None if args.baseline_only else open_policy(args.policy, registry_root=args.registry)
     lr = args.lr or artifact.recommended()["lr"]
     tasks = [t for t in args.tasks.split(",") if t]
     grid_tasks = [t for t in (args.grid_tasks or ",".join(tasks[:3])).split(",") if t]
@@ -177,6 +185,13 @@ def main() -> None:
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+
+    if args.baseline_only:
+        for task in tasks:
+            for seed in seeds:
+                row = run_arm(replace(base, task=task, seed=seed), "sigma=1", None, out / "runs")
+                say(f"sigma=1 at lr {lr:g}: {task} seed {seed}: dev loss {row['dev_loss']:.4f}")
+        return
 
     equal = []
     for task in tasks:
