@@ -133,7 +133,7 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
     say = bar.write
     if runtime.restore(state):
         say(f"resumed at meta-step {state.meta_step} from the last checkpoint")
-    heldout_gap = HeldoutGap(config, scorer, trajectory) if runtime.rank == 0 else None
+    heldout_gap = HeldoutGap(config, scorer, trajectory)  # every worker makes its share of the runs
     horizon = config.reset_every * config.inner_steps  # ZO steps per trajectory: the policy's "run length"
 
     optimizer, sigma, task = None, None, None
@@ -168,8 +168,8 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
                   "seconds": time.perf_counter() - started}
         last = state.meta_step == config.meta_steps
         validated = state.meta_step % config.validate_every == 0 or last
-        if heldout_gap is not None and validated:
-            record.update(heldout_gap(policy))
+        if validated:
+            record.update(heldout_gap(policy, runtime.rank, runtime.world_size, runtime.all_reduce_mean))
             last_gap = record["heldout_gap"]
             record["selected"] = state.consider(last_gap)
             say(f"meta-step {state.meta_step}: held-out gap {last_gap:+.4f} (policy loss vs sigma=1, relative); "

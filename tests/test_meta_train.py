@@ -20,6 +20,7 @@ from meta_train.config import EVALUATION_TASKS, META_TRAIN_TASKS, VALIDATION_TAS
 from meta_train.episodes import Trajectory
 from meta_train.loop import LocalRuntime, meta_train_loop
 from meta_train.objective import look_ahead
+from meta_train.validation import HeldoutGap
 
 BATCHES = [[Example(f"item {i} {j}. It was", ("n", "y"), (i + j) % 2) for j in range(4)] for i in range(3)]
 HELDOUT = [Example(f"other {j}. It was", ("n", "y"), j % 2) for j in range(6)]
@@ -135,3 +136,35 @@ def test_task_pools_are_disjoint_and_configs_are_checked(tmp_path):
         MetaTrainConfig(lr_grid=[1e-3, 5.0]).validate()
     config = tiny_config(tmp_path)
     assert MetaTrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_heldout_gap_split_over_workers_matches_one_worker(tmp_path):
+    """Each worker makes its share of the validation runs and the all-reduce completes the losses: the same gap
+    as one worker making them all. Rank 1 runs first here; its reductions hand its partial sums to rank 0's."""
+    tasks = write_tasks(tmp_path)
+    config = tiny_config(tmp_path, validation_tasks=tasks[1:], validation_seeds=2)  # 4 runs
+    scorer = Scorer(tiny_model(CAUSAL), max_length=32)
+    policy = random_policy(1)
+
+    def gap_of(*args):
+        return HeldoutGap(config, scorer, Trajectory(discover_blocks(scorer.loaded.model)))(policy, *args)
+
+    alone = gap_of()
+    complete = [list(alone["mezo_loss"].values()), list(alone["policy_loss"].values())]  # in call order
+    partials = []
+
+    def rank1_reduce(tensors):  # rank 1's view: its share, completed by what rank 0 will make
+        partials.append(tensors[0].clone())
+        full = torch.tensor(complete[len(partials) - 1], dtype=tensors[0].dtype)
+        mine = partials[-1] != 0
+        assert torch.allclose(partials[-1][mine], full[mine])  # its runs are the ones one worker makes
+        tensors[0].copy_(full / 2)
+
+    def rank0_reduce(tensors):
+        tensors[0].add_(partials.pop(0)).div_(2)
+
+    gap_of(1, 2, rank1_reduce)
+    assert len(partials) == 2 and all(int((p != 0).sum()) == 2 for p in partials)  # rank 1 made half the runs
+    shared = gap_of(0, 2, rank0_reduce)
+    assert shared["heldout_gap"] == pytest.approx(alone["heldout_gap"], rel=1e-6)
+    assert shared["policy_loss"] == pytest.approx(alone["policy_loss"]) and len(alone["policy_loss"]) == 4
