@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from bench_helpers import write_grid, write_toy_task
@@ -142,3 +143,16 @@ def test_names_that_are_not_files_enter_the_key_as_written(tmp_path):
 
 def _base_with_model(model: str) -> str:
     return f'[base]\nmodel = "{model}"\ntask = "toy.jsonl"\n'
+
+
+SHIPPED_GRIDS = sorted((Path(__file__).parents[1] / "benchmarks" / "grids").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_GRIDS, ids=lambda p: p.stem)
+def test_shipped_grids_load_and_their_policy_files_exist(path):
+    grid = load_grid(path)
+    assert grid.cells and grid.name == path.stem
+    for cell in grid.cells:
+        if cell.settings.get("policy"):
+            # A path that does not exist would enter the key as a registry name and fail only when the cell runs.
+            assert set(cell.config["policy"]) == {"file", "sha256"}, cell.labels
