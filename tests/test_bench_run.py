@@ -253,3 +253,18 @@ def test_included_sections_are_appended_one_level_down_under_the_stated_command(
 def test_report_of_a_folder_without_results_is_one_line(tmp_path, capsys):
     assert main(["bench", "report", str(tmp_path)]) == 2
     assert "holds no grid results" in capsys.readouterr().err
+
+
+def test_cells_not_in_the_tables_name_the_settings_that_differ_without_an_axis(tmp_path):
+    # Two products that differ in a setting no axis names (like a per-model product): the missing cells of each
+    # must be told apart in the report, and failures too.
+    body = '[[axes]]\noptimizer = ["zo-sgd"]\nsteps = 2\n\n[[axes]]\noptimizer = ["zo-sgd"]\nsteps = 3\n'
+    grid = load_grid(write_grid(tmp_path, body))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grid.json").write_text(json.dumps(grid_summary(grid, "l2lzo bench run grid.toml --output out")))
+    ResultStore(out).append(make_record(grid.cells[0], grid.name, "error", error="diverged"))
+    assert main(["bench", "report", str(out)]) == 0
+    report = (out / "RESULTS.md").read_text()
+    assert "- failed: steps=2 optimizer=zo-sgd: diverged" in report
+    assert "- not run yet: steps=3 optimizer=zo-sgd" in report

@@ -29,7 +29,7 @@ PLACED = ("seed", "scheme", "model", "task", "max_length")
 FINETUNE_COLUMNS = [  # (header, metric, format)
     ("test acc before", "test_accuracy_before", ".3f"), ("test acc after", "test_accuracy_after", ".3f"),
     ("dev acc best", "dev_accuracy_best", ".3f"), ("dev loss start", "dev_loss_start", ".3f"),
-    ("dev loss end", "dev_loss_end", ".3f"), ("steps", "steps_done", ",.0f"),
+    ("dev loss end", "dev_loss_end", ".3f"), ("steps done", "steps_done", ",.0f"),
     ("median step (s)", "step_seconds", ".3f"), ("peak RSS (MiB)", "peak_rss_mib", ",.0f"),
     ("wall (s)", "wall_seconds", ",.0f"),
 ]
@@ -104,8 +104,8 @@ def _section(folder: Path, grid: dict, report: Path, level: int) -> list[str]:
         lines += [*(f"![{p.stem}]({os.path.relpath(p, report.parent)})" for p in plots), ""]
     if failed or missing:
         lines += [f"{heading} Not in the tables", ""]
-        lines += [f"- failed: {_where(r['labels'])}: {r['error']}" for r in failed]
-        lines += [f"- not run yet: {_where(c['labels'])}" for c in missing]
+        lines += [f"- failed: {_where(r, varying)}: {r['error']}" for r in failed]
+        lines += [f"- not run yet: {_where(c, varying)}" for c in missing]
         lines.append("")
     return lines
 
@@ -205,8 +205,11 @@ def _fmt_value(value) -> str:
     return _name(value)
 
 
-def _where(labels: dict) -> str:
-    return " ".join(f"{a}={v}" for a, v in labels.items())
+def _where(cell: dict, varying: list[str]) -> str:
+    """A cell for people: the settings that differ between cells without an axis (a per-product model), then
+    its labels."""
+    named = {**{k: _name(cell["config"].get(k, "-")) for k in varying}, **cell["labels"]}
+    return " ".join(f"{a}={v}" for a, v in named.items())
 
 
 # ---- plots -------------------------------------------------------------------------------------------------
