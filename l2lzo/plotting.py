@@ -26,6 +26,15 @@ def subplots(count: int, width: float = 6.5, height: float = 4.0):
     return fig, list(axs.flat)[:count]
 
 
+def distinct_colors(count: int) -> list:
+    """``count`` colours no two alike (matplotlib's default cycle repeats after 10 series)."""
+    pyplot()
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
 def save_png(fig, path: Path, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG) and close it."""
     path = Path(path)

@@ -268,3 +268,10 @@ def test_cells_not_in_the_tables_name_the_settings_that_differ_without_an_axis(t
     report = (out / "RESULTS.md").read_text()
     assert "- failed: steps=2 optimizer=zo-sgd: diverged" in report
     assert "- not run yet: steps=3 optimizer=zo-sgd" in report
+
+
+@pytest.mark.parametrize("count", [1, 10, 11, 20])
+def test_bar_colours_stay_distinct_past_the_default_cycle(count):
+    from l2lzo.plotting import distinct_colors
+
+    assert len(set(distinct_colors(count))) == count  # the default cycle repeats after 10 (memory_speed has 12)

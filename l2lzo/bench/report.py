@@ -19,7 +19,7 @@ from l2lzo.bench.cells import FINETUNE, PROBE
 from l2lzo.bench.store import GRID_JSON, OK, ResultStore, now
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_text
-from l2lzo.plotting import save_png, subplots
+from l2lzo.plotting import distinct_colors, save_png, subplots
 
 REPORT = "RESULTS.md"
 SEED = "seed"
@@ -251,11 +251,12 @@ def _bar_panels(path: Path, records: list[dict], panel_fields: tuple[str, ...], 
         schemes = list(dict.fromkeys(r["config"]["scheme"] for r in group))
         series = list(dict.fromkeys(_series(r) for r in group))
         width = 0.8 / len(series)
-        for i, s in enumerate(series):
+        for i, (s, color) in enumerate(zip(series, distinct_colors(len(series)), strict=True)):
             values = [[r["metrics"][metric] for r in group if _series(r) == s and r["config"]["scheme"] == sc]
                       for sc in schemes]
             ax.bar([x + i * width for x in range(len(schemes))], [statistics.fmean(v) if v else 0 for v in values],
-                   width, yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values], label=s, capsize=2)
+                   width, yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values], label=s, capsize=2,
+                   color=color)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(schemes))], schemes)
         if reference is not None:
             ax.axhline(reference, color="black", linewidth=0.8, linestyle="--")
@@ -267,7 +268,9 @@ def _bar_panels(path: Path, records: list[dict], panel_fields: tuple[str, ...], 
                                                                                        strict=True)),
                ylabel=ylabel)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        # Headroom above the tallest bar for the legend, so it never covers a bar.
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.4)
+        ax.legend(fontsize=7, ncol=3, loc="upper center")
     return save_png(fig, path)
 
 
