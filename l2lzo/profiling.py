@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks, group_blocks
-from l2lzo.errors import check_choice
+from l2lzo.errors import L2LZOError, check_choice
 from l2lzo.plotting import pyplot, save_png
 
 METRICS = ("taylor", "grad-norm")
@@ -90,9 +90,16 @@ def choose_fo_groups(profile: Sequence[GroupImportance], budget: float) -> list[
     """The most important groups whose parameters fit in ``budget`` (a fraction of all trainable parameters).
 
     Greedy by score: a group that does not fit is skipped and smaller, less important ones may still fit.
+    A profile where every group scores 0 is refused: picking by order would put the FO set on the first layer,
+    the one whose backward passes through every layer above it (the most activation memory).
     """
     if not 0 < budget < 1:
         raise ValueError(f"the FO budget is a fraction of the parameters in (0, 1), got {budget}")
+    if not any(g.score > 0 for g in profile):
+        raise L2LZOError("every layer group has importance 0, so there is nothing to pick the FO layers by: the "
+                         "taylor score |g * theta| is 0 where the trainable weights start at 0 (LoRA's B); "
+                         "profile with the grad-norm metric (finetune --profile-metric grad-norm, profile-layers "
+                         "--metric grad-norm, profile_metric = \"grad-norm\" in a grid)")
     allowance = budget * sum(g.parameters for g in profile)
     chosen, used = [], 0
     for g in sorted(profile, key=lambda g: g.score, reverse=True):

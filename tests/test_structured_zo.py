@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from l2lzo.blocks import discover_blocks, group_blocks, group_key
 from l2lzo.cli import main
+from l2lzo.errors import L2LZOError
 from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
 from l2lzo.models import CAUSAL, ENCODER, tiny_model
 from l2lzo.optim import ZOSGD, HybridZOFO, build_optimizer
@@ -262,3 +263,17 @@ def test_profile_layers_cli_writes_table_json_and_png(tiny_causal_dir, tmp_path,
     saved = json.loads((tmp_path / "prof.json").read_text())
     assert saved["fo_groups"] and len(saved["profile"]) == 4
     assert (tmp_path / "prof.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fo_groups_are_not_picked_from_a_profile_without_signal(label_word_examples):
+    # At LoRA's initialisation B = 0, so |g * theta| is 0 for B and A's gradient is 0: a taylor profile is all
+    # zeros, and picking by order would put the FO set on layer 0 (the longest backward). grad-norm sees B's
+    # gradient and picks by it.
+    loaded = apply_scheme(tiny_model(CAUSAL, layers=2), "lora")
+    closure = loss_closure(loaded, label_word_examples)
+    taylor = profile_layers(loaded.model, [closure], metric="taylor")
+    assert taylor and all(g.score == 0 for g in taylor)
+    with pytest.raises(L2LZOError, match="grad-norm"):
+        choose_fo_groups(taylor, 0.9)
+    grad_norm = profile_layers(loaded.model, [closure], metric="grad-norm")
+    assert choose_fo_groups(grad_norm, 0.9)
