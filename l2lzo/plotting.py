@@ -27,8 +27,7 @@ def subplots(count: int, width: float = 6.5, height: float = 4.0):
 
 
 def distinct_colors(count: int) -> list:
-    """``count`` colours no two alike (matplotlib's default cycle repeats after 10 series)."""
-    pyplot()
+    """``count`` colours, no two alike up to 20 (matplotlib's default cycle repeats after 10 series)."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]

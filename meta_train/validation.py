@@ -75,7 +75,6 @@ class HeldoutGap:
         return {"heldout_gap": sum(gaps) / len(gaps), "policy_loss": dict(zip(names, losses, strict=True)),
                 "mezo_loss": dict(zip(names, self.reference, strict=True))}
 
-
     def _shared(self, policy: PerturbationPolicy | None, rank: int, world_size: int,
                 all_reduce_mean: Callable[[list[torch.Tensor]], None] | None) -> list[float]:
         """Every run's loss: this worker's share made here, the rest from the others (zeros summed away)."""
