@@ -253,15 +253,27 @@ def _run_tasks(args) -> None:
         print(json.dumps([i.__dict__ for i in infos], indent=2))
         return
     width = max(len(i.name) for i in infos)
+    family_width = max(len(i.family or "-") for i in infos)
+    requires_width = max(len(i.requires) for i in infos)
+    print(f"{'task':<{width}}  {'kind':<16}  {'family':<{family_width}}  {'status':<12}  "
+          f"{'needs':<{requires_width}}  source")
     for i in infos:
         status = "ready" if i.prepared else "not prepared"
-        print(f"{i.name:<{width}}  {i.kind:<16}  {status:<12}  {i.source}")
+        print(f"{i.name:<{width}}  {i.kind:<16}  {i.family or '-':<{family_width}}  {status:<12}  "
+              f"{i.requires:<{requires_width}}  {i.source}")
+    ready = sum(i.prepared for i in infos)
+    print(f"{ready} of {len(infos)} ready; `l2lzo data prepare [TASK ...]` fetches the built-ins", file=sys.stderr)
 
 
 def _run_prepare(args) -> None:
-    from l2lzo.tasks import prepare_data
+    from l2lzo.tasks import PrepareError, prepare_data
 
-    paths = prepare_data(args.names or None, progress=not args.quiet)
+    try:
+        paths = prepare_data(args.names or None, progress=not args.quiet)
+    except PrepareError as e:
+        for path in e.prepared:  # what did work is still reported; the error names the rest
+            print(path)
+        raise
     for path in paths:
         print(path)
 

@@ -92,7 +92,7 @@ def test_tasks_and_models_listing(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("L2LZO_CACHE_DIR", str(tmp_path))
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    assert "polarity" in out and "bb_cause_and_effect" in out and "not prepared" in out
+    assert "polarity" in out and "commonsense_qa" in out and "not prepared" in out
     assert main(["models"]) == 0
     assert "smollm2-135m" in capsys.readouterr().out
 

@@ -60,10 +60,10 @@ def test_winogrande_template() -> None:
     }
     ex = hf.winogrande(row)
     assert ex == Example("Sarah gave Maria a gift because", (" Sarah was kind.", " Maria was kind."), 0)
-    assert hf.HF_TASKS["winogrande"].labelled(row) and not hf.HF_TASKS["winogrande"].labelled(
+    assert hf.HF_TASKS["hf_winogrande"].labelled(row) and not hf.HF_TASKS["hf_winogrande"].labelled(
         {**row, "answer": ""}
     )
-    assert not hf.HF_TASKS["rte"].labelled({"label": -1})
+    assert not hf.HF_TASKS["hf_rte"].labelled({"label": -1})
 
 
 def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,9 +72,9 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
     start = time.monotonic()
     with pytest.raises(
-        L2LZOError, match=r"task 'sst2' needs the Hugging Face hub, which is not reachable"
+        L2LZOError, match=r"task 'hf_sst2' needs the Hugging Face hub, which is not reachable"
     ) as err:
-        load_task("sst2")
+        load_task("hf_sst2")
     assert time.monotonic() - start < PROBE_TIMEOUT_S + 2
     assert "127.0.0.1:9" in str(err.value) and "\n" not in str(err.value)
 
@@ -87,7 +87,7 @@ def test_offline_mode_load_failure_is_l2lzo_error(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(L2LZOError, match=r"needs the Hugging Face hub.*Couldn't reach") as err:
-        load_task("copa")
+        load_task("hf_copa")
     assert "\n" not in str(err.value)
 
 
@@ -105,7 +105,7 @@ def test_hub_rows_are_templated_and_split(monkeypatch: pytest.MonkeyPatch) -> No
         return rows[split]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    splits = load_task("sst2", test_size=4, dev_size=4, train_size=2)
+    splits = load_task("hf_sst2", test_size=4, dev_size=4, train_size=2)
     assert calls == [("nyu-mll/glue", "sst2", "train"), ("nyu-mll/glue", "sst2", "validation")]
     assert splits.info.kind == "classification" and splits.info.prepared
     assert len(splits.test) == 4 and len(splits.train) == 4

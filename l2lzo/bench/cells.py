@@ -20,7 +20,7 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from l2lzo.errors import ConfigError, L2LZOError, check_choice
+from l2lzo.errors import ConfigError, check_choice
 from l2lzo.finetune import FinetuneConfig
 
 FINETUNE = "finetune"
@@ -82,14 +82,11 @@ def check_settings(kind: str, settings: dict) -> None:
 def _check_task(task: str) -> None:
     from l2lzo.tasks.builtin import BUILTIN_TASKS
     from l2lzo.tasks.hf import HF_TASKS
-    from l2lzo.tasks.store import is_prepared
-
     if task in HF_TASKS or Path(task).expanduser().is_file():
         return  # an HF task is only known to load once the hub answers: its run says so if not
     if task not in BUILTIN_TASKS:
         raise ConfigError(f"unknown task {task!r}: not a built-in or HF task (see `l2lzo tasks`) and not a file")
-    if not is_prepared(task):
-        raise L2LZOError(f"task {task!r} is not prepared: run `l2lzo data prepare {task}`")
+    # Whether its data is prepared is checked when the grid runs (`run_grid`): a grid is valid without data.
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from l2lzo.bench.cells import PROBE, Cell
+from l2lzo.bench.cells import PROBE, Cell, finetune_config
 from l2lzo.bench.grid import Grid
 from l2lzo.bench.store import (
     CELL,
@@ -36,6 +36,7 @@ from l2lzo.bench.store import (
 )
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_text, write_json
+from l2lzo.tasks import require_prepared
 
 
 @dataclass
@@ -89,6 +90,7 @@ def _run(grid: Grid, store: ResultStore, ray: bool, progress: bool, say) -> RunS
             done.add(cell.key)
         else:
             pending.append(cell)
+    require_prepared([finetune_config(c.settings).task for c in pending], f"grid {grid.name}")
     skipped = len(grid.cells) - len(pending)
     say(f"grid {grid.name}: {len(grid.cells)} cells, {skipped} done, {len(pending)} to run -> {store.path}")
     runner = _run_on_ray if ray else _run_here

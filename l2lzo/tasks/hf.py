@@ -116,15 +116,15 @@ class HFTask:
 
 
 HF_TASKS: dict[str, HFTask] = {
-    "sst2": HFTask("nyu-mll/glue", "sst2", CLASSIFICATION, sst2),
-    "copa": HFTask("aps/super_glue", "copa", MULTIPLE_CHOICE, copa),
-    "boolq": HFTask("aps/super_glue", "boolq", CLASSIFICATION, boolq),
-    "rte": HFTask("aps/super_glue", "rte", CLASSIFICATION, rte),
-    "cb": HFTask("aps/super_glue", "cb", CLASSIFICATION, cb),
-    "wic": HFTask("aps/super_glue", "wic", CLASSIFICATION, wic),
-    "wsc": HFTask("aps/super_glue", "wsc.fixed", CLASSIFICATION, wsc),
-    "multirc": HFTask("aps/super_glue", "multirc", CLASSIFICATION, multirc),
-    "winogrande": HFTask("allenai/winogrande", "winogrande_xl", MULTIPLE_CHOICE, winogrande),
+    "hf_sst2": HFTask("nyu-mll/glue", "sst2", CLASSIFICATION, sst2),
+    "hf_copa": HFTask("aps/super_glue", "copa", MULTIPLE_CHOICE, copa),
+    "hf_boolq": HFTask("aps/super_glue", "boolq", CLASSIFICATION, boolq),
+    "hf_rte": HFTask("aps/super_glue", "rte", CLASSIFICATION, rte),
+    "hf_cb": HFTask("aps/super_glue", "cb", CLASSIFICATION, cb),
+    "hf_wic": HFTask("aps/super_glue", "wic", CLASSIFICATION, wic),
+    "hf_wsc": HFTask("aps/super_glue", "wsc.fixed", CLASSIFICATION, wsc),
+    "hf_multirc": HFTask("aps/super_glue", "multirc", CLASSIFICATION, multirc),
+    "hf_winogrande": HFTask("allenai/winogrande", "winogrande_xl", MULTIPLE_CHOICE, winogrande),
 }
 
 

@@ -68,5 +68,5 @@ def read_task(task: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raise L2LZOError(
             f"cached data for task {task!r} is stale or damaged: run `l2lzo data prepare {task}` again"
         )
-    rows = [json.loads(line) for line in payload.decode("utf-8").splitlines() if line]
+    rows = [json.loads(line) for line in payload.decode("utf-8").split("\n") if line]
     return rows, meta
