@@ -8,6 +8,7 @@ main job report on them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,16 +19,43 @@ from l2lzo.optim.hyperparameters import check_eps, check_lr
 from l2lzo.policy_net import PolicyConfig
 from l2lzo.schemes import check_scheme
 
-META_TRAIN_TASKS = (
-    "bb_cause_and_effect", "bb_winowhy", "bb_epistemic_reasoning", "bb_social_iqa", "bb_hyperbaton",
-    "bb_logical_fallacy_detection", "bb_snarks", "bb_date_understanding", "bb_disambiguation_qa",
-    "bb_implicatures", "bb_metaphor_boolean", "bb_movie_recommendation", "bb_temporal_sequences",
-    "bb_timedial", "bb_vitaminc_fact_verification", "bb_presuppositions_as_nli", "bb_anachronisms",
-    "bb_play_dialog_same_or_different", "bb_formal_fallacies_syllogisms_negation",
+# Disjoint by underlying dataset (`BuiltinTask.dataset`), not only by name: SST-2 and polarity are one dataset,
+# so are ARC-Easy and ARC-Challenge, and the MMLU groups; tests/test_meta_train_pools.py checks it. Every pool
+# spans several families; evaluation holds the two tasks with the most history here (polarity, bbc_news).
+EVALUATION_TASKS = (
+    "polarity", "sst2", "bbc_news", "tweet_sentiment", "mrpc", "boolq", "piqa", "arc_easy", "arc_challenge",
+    "quartz",
 )
-VALIDATION_TASKS = ("bb_intent_recognition", "bb_strategyqa")
-EVALUATION_TASKS = ("polarity", "bbc_news", "bb_multiemo", "bb_fact_checker", "bb_sports_understanding",
-                    "bb_navigate")
+VALIDATION_TASKS = ("sarcasm", "rte", "commonsense_qa", "sciq")
+META_TRAIN_TASKS = (
+    # nli/paraphrase, yes/no reading
+    "cb", "corr2cause", "crepe", "pararule_plus", "moral_exceptqa", "causal_judgment", "pubmedqa",
+    "privacy_policy_qa", "consumer_contracts_qa", "sciriff_yesno", "qasper_yesno",
+    # sentiment/topic
+    "bias_detection",
+    # commonsense, reasoning
+    "copa", "winogrande", "hellaswag", "social_iqa", "hitom", "disambiguation_qa", "bbq", "logiqa",
+    "parable_to_moral", "abstract_narrative",
+    # knowledge
+    "openbookqa", "medmcqa", "medqa", "lab_bench", "mmlu_stem", "mmlu_humanities", "mmlu_social_sciences",
+    "mmlu_other",
+    # skills
+    "basic_arithmetic", "basic_skills_arithmetic", "basic_skills_coding", "basic_skills_common_knowledge",
+    "basic_skills_logical_reasoning", "basic_skills_pattern", "basic_skills_string_operations", "copycolors",
+)
+
+
+def shared_datasets(*pools: Sequence[str]) -> dict[str, list[str]]:
+    """The underlying datasets that tasks of more than one pool come from, with those tasks (built-ins only:
+    a local file or HF name has no recorded dataset)."""
+    from l2lzo.tasks.builtin import BUILTIN_TASKS
+
+    owners: dict[str, dict[int, list[str]]] = {}
+    for index, pool in enumerate(pools):
+        for name in pool:
+            if name in BUILTIN_TASKS:
+                owners.setdefault(BUILTIN_TASKS[name].dataset, {}).setdefault(index, []).append(name)
+    return {d: [n for names in by_pool.values() for n in names] for d, by_pool in owners.items() if len(by_pool) > 1}
 
 
 @dataclass
@@ -101,6 +129,10 @@ class MetaTrainConfig:
         overlap = sorted(set(self.train_tasks) & set(self.validation_tasks))
         if overlap:
             raise ConfigError(f"train and validation task pools must be disjoint; both have {', '.join(overlap)}")
+        shared = shared_datasets(self.train_tasks, self.validation_tasks)
+        if shared:
+            raise ConfigError("train and validation task pools must not share a dataset: "
+                              + "; ".join(f"{d} ({', '.join(names)})" for d, names in shared.items()))
         positive = {"meta_steps": self.meta_steps, "inner_steps": self.inner_steps, "reset_every": self.reset_every,
                     "batch_size": self.batch_size, "heldout_batch_size": self.heldout_batch_size,
                     "train_size": self.train_size, "validate_every": self.validate_every,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from l2lzo.files import atomic_write_bytes, write_json
 from l2lzo.models import fingerprint, load_model
+from l2lzo.tasks import require_prepared
 from meta_train import driver
 from meta_train.artifact import build_policy_artifact, publish
 from meta_train.config import MetaTrainConfig
@@ -17,6 +18,7 @@ def run(config: MetaTrainConfig, *, resume: str | None = None, sweep_samples: in
         say: Callable[[str], None] = print) -> dict:
     """Meta-train (or sweep), validate on the held-out pool, write and publish the artifact; a summary."""
     config.validate()
+    require_prepared([*config.train_tasks, *config.validation_tasks], "meta-training")
     out = config.output_path()
     out.mkdir(parents=True, exist_ok=True)
     sweep_trials = None

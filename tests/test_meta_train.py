@@ -16,7 +16,8 @@ from l2lzo.perturbation import Direction
 from l2lzo.policy_net import LearnedSigma, PerturbationPolicy
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import Example
-from meta_train.config import EVALUATION_TASKS, META_TRAIN_TASKS, VALIDATION_TASKS, MetaTrainConfig
+from l2lzo.tasks.builtin import BUILTIN_TASKS
+from meta_train.config import EVALUATION_TASKS, META_TRAIN_TASKS, VALIDATION_TASKS, MetaTrainConfig, shared_datasets
 from meta_train.episodes import Trajectory
 from meta_train.loop import LocalRuntime, meta_train_loop
 from meta_train.objective import look_ahead
@@ -125,11 +126,25 @@ def test_the_loop_learns_checkpoints_and_resumes(tmp_path):
     assert len(stopped.reports) == 4 + 2  # only the missing meta-steps ran again
 
 
-def test_task_pools_are_disjoint_and_configs_are_checked(tmp_path):
-    assert not set(META_TRAIN_TASKS) & set(VALIDATION_TASKS)
-    assert not set(EVALUATION_TASKS) & (set(META_TRAIN_TASKS) | set(VALIDATION_TASKS))
+def test_task_pools_are_disjoint_by_dataset_and_large_enough():
+    pools = {"meta-train": META_TRAIN_TASKS, "validation": VALIDATION_TASKS, "evaluation": EVALUATION_TASKS}
+    assert len(META_TRAIN_TASKS) >= 30 and len(VALIDATION_TASKS) >= 4 and len(EVALUATION_TASKS) >= 8
+    datasets = {}
+    for pool, names in pools.items():
+        assert all(name in BUILTIN_TASKS for name in names), pool
+        assert len(set(names)) == len(names), pool
+        datasets[pool] = {BUILTIN_TASKS[n].dataset for n in names}
+        assert len({BUILTIN_TASKS[n].family for n in names}) >= 3, pool  # each pool spans several families
+    for a, b in [("meta-train", "validation"), ("meta-train", "evaluation"), ("validation", "evaluation")]:
+        assert not datasets[a] & datasets[b], (a, b, datasets[a] & datasets[b])
+    assert shared_datasets(META_TRAIN_TASKS, VALIDATION_TASKS, EVALUATION_TASKS) == {}
+
+
+def test_pools_sharing_a_dataset_are_refused_and_configs_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="disjoint"):
         MetaTrainConfig(train_tasks=["a", "b"], validation_tasks=["b"]).validate()
+    with pytest.raises(ConfigError, match=r"must not share a dataset: ai2-arc \(arc_easy, arc_challenge\)"):
+        MetaTrainConfig(train_tasks=["arc_easy", "copa"], validation_tasks=["arc_challenge"]).validate()
     with pytest.raises(ConfigError, match="inner steps must be >= 1"):
         MetaTrainConfig(inner_steps=0).validate()
     with pytest.raises(ConfigError, match="lr must be in"):
@@ -168,3 +183,13 @@ def test_heldout_gap_split_over_workers_matches_one_worker(tmp_path):
     shared = gap_of(0, 2, rank0_reduce)
     assert shared["heldout_gap"] == pytest.approx(alone["heldout_gap"], rel=1e-6)
     assert shared["policy_loss"] == pytest.approx(alone["policy_loss"]) and len(alone["policy_loss"]) == 4
+
+
+def test_meta_train_refuses_unprepared_pool_tasks_in_one_line(tmp_path, capsys):
+    from l2lzo.cli import main
+
+    assert main(["meta-train", "--output", str(tmp_path / "run"), "--no-push"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("l2lzo: error: meta-training needs 42 task(s) that are not prepared")
+    assert all(name in error for name in (*META_TRAIN_TASKS, *VALIDATION_TASKS))
+    assert not (tmp_path / "run").exists()  # refused before anything was written

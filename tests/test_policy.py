@@ -247,7 +247,7 @@ def test_finetune_compare_runs_both_arms_at_one_lr(tmp_path, tiny_causal, tiny_c
 @pytest.mark.parametrize(("argv", "message"), [
     (["--inner-steps", "0"], "inner steps must be >= 1"),
     (["--lr-grid", "1e-5,fast"], "--lr-grid must be comma-separated numbers"),
-    (["--train-tasks", "bb_navigate", "--validation-tasks", "bb_navigate"], "must be disjoint"),
+    (["--train-tasks", "quartz", "--validation-tasks", "quartz"], "must be disjoint"),
     (["--scheme", "qlora"], "unknown scheme 'qlora'"),
 ])
 def test_bad_meta_train_input_is_one_line(argv, message, capsys):
