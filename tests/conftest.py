@@ -1,17 +1,34 @@
-"""Shared fixtures: tiny models built from configs, and an isolated, hub-free environment."""
+"""Shared fixtures: tiny models built from configs, and a hermetic environment for every fast test."""
 
 from __future__ import annotations
 
-import pytest
+import hermetic
 
-from l2lzo.models import CAUSAL, ENCODER, tiny_model
-from l2lzo.tasks import Example
+# Before anything imports the HF libraries: they read HF_HOME (and the token file under it) at import time.
+hermetic.start_session()
+
+import pytest  # noqa: E402
+
+from l2lzo.models import CAUSAL, ENCODER, tiny_model  # noqa: E402
+from l2lzo.tasks import Example  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _offline_hf(monkeypatch):
-    # No test may wait on the HF hub; the real loaders are tested with local files and packages.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _hermetic(request, monkeypatch, tmp_path_factory):
+    """Fast tests get their own caches and may touch neither the real ones nor the network (see
+    tests/hermetic.py); slow and smoke tests use the real model packages and prepare their data themselves."""
+    guard = hermetic.guard()  # first call: the real roots, read before any test changes the environment
+    real = request.node.get_closest_marker("slow") or request.node.get_closest_marker("smoke")
+    if real:
+        yield
+        return
+    hermetic.isolate(monkeypatch, tmp_path_factory.mktemp("env"))
+    guard.active = True
+    try:
+        yield
+    finally:
+        guard.active = False
+    assert not guard.violations, guard.violations.pop()
 
 
 @pytest.fixture
