@@ -11,8 +11,6 @@ ENV PIP_NO_CACHE_DIR=1 \
     XDG_CACHE_HOME=/data/cache
 
 WORKDIR /opt/l2lzo
-# pip < 26: pip 26 refuses the bigbench sdist that `l2lzo data prepare bb_*` downloads (see scripts/setup).
-RUN pip install --upgrade "pip<26"
 # The CPU build of torch first, from PyTorch's CPU index: PyPI's default Linux wheel is the CUDA build.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 COPY pyproject.toml README.md ./

@@ -7,7 +7,7 @@
 3. runs `l2lzo finetune-batch --model minilm-l6 --tasks ... --server URL`: the plan comes from the policy;
 4. runs it again to show that finished tasks are skipped.
 
-    .venv/bin/python benchmarks/finetune_batch_e2e.py [--tasks polarity,bb_multiemo,bbc_news] [--steps 100]
+    .venv/bin/python benchmarks/finetune_batch_e2e.py [--tasks polarity,tweet_sentiment,bbc_news] [--steps 100]
 
 Needs `l2lzo data prepare` for the tasks. Writes benchmarks/results/finetune_batch_e2e/ (the batch's
 results.json, results.md, dev_accuracy.png) and prints the wall time of each phase.
@@ -60,7 +60,7 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm-l6")
-    parser.add_argument("--tasks", default="polarity,bb_multiemo,bbc_news")
+    parser.add_argument("--tasks", default="polarity,tweet_sentiment,bbc_news")
     parser.add_argument("--steps", type=int, default=100, help="the policy's recommended steps")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="l2lzo-e2e-"))
