@@ -18,6 +18,9 @@ from l2lzo.errors import ConfigError, L2LZOError
 from l2lzo.optim.hyperparameters import check_eps, check_lr
 
 RECOMMENDED_KEYS = ("recommended_lr", "recommended_eps", "recommended_steps")
+#: The lr the meta-trainer's final validation picked for sigma = 1 (MeZO) by the same runs, tasks and grid as the
+#: policy's own: what `--compare` runs MeZO at, so both arms get the same tuning budget. Older artifacts lack it.
+SIGMA1_LR_KEY = "recommended_lr_sigma1"
 MEZO_SIGMA = "sigma = 1 (MeZO)"
 
 
@@ -112,6 +115,17 @@ class PolicyArtifact:
             raise L2LZOError(f"policy {self.label()} has malformed recommendations: {exc}") from exc
         return {"lr": lr, "eps": eps, "steps": steps}
 
+    def sigma1_lr(self) -> float | None:
+        """The validated lr for sigma = 1 (``SIGMA1_LR_KEY``), checked; None for an artifact made without it."""
+        if SIGMA1_LR_KEY not in self.metadata:
+            return None
+        try:
+            lr = float(self.metadata[SIGMA1_LR_KEY])
+            check_lr(lr)
+        except ValueError as exc:
+            raise L2LZOError(f"policy {self.label()} has a malformed {SIGMA1_LR_KEY}: {exc}") from exc
+        return lr
+
     def label(self) -> str:
         if self.version == 0:  # a file, not a registry version
             return f"{self.path} (sha256 {self.sha256[:12]})"
@@ -121,6 +135,7 @@ class PolicyArtifact:
         """What a results file records about the policy."""
         return {"model": self.model, "version": self.version, "sha256": self.sha256, "path": str(self.path),
                 "fingerprint": self.fingerprint, "learned": self.is_learned, "recommended": self.recommended(),
+                "recommended_lr_sigma1": self.sigma1_lr(),
                 "feature_spec": _json_or_text(self.metadata.get("feature_spec"))}
 
 

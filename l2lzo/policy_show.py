@@ -49,12 +49,16 @@ def describe(artifact: PolicyArtifact, rows: list[tuple[Block, float]], scheme: 
         f"  {training.get('policy_numbers', '?')} numbers ({training.get('policy_bytes', '?')} bytes); created "
         f"{meta.get('created_at')}",
         f"  recommended lr {meta.get('recommended_lr')}, eps {meta.get('recommended_eps')}, steps "
-        f"{meta.get('recommended_steps')}",
+        f"{meta.get('recommended_steps')}; sigma = 1's own validated lr "
+        f"{meta.get('recommended_lr_sigma1', 'not recorded (an artifact from before equal-budget validation)')}",
         f"  meta-trained on {len(training.get('train_tasks', []))} tasks for {training.get('meta_steps')} meta-steps "
         f"x {training.get('workers')} worker(s); validation tasks {', '.join(training.get('validation_tasks', []))}",
     ]
-    if "dev_loss_policy" in validation:
-        lines.append(f"  validation at lr {validation.get('recommended_lr')}: dev loss policy "
+    if "recommended_lr_sigma1" in validation:
+        lines.append(f"  validation, each arm at its own lr: dev loss policy {validation['dev_loss_policy']:.4f} vs "
+                     f"sigma=1 {validation['dev_loss_mezo']:.4f}, wins {validation['wins']}/{validation['tasks']}")
+    elif "dev_loss_policy" in validation:  # older artifacts: both arms at the policy's lr
+        lines.append(f"  validation, both at lr {validation.get('recommended_lr')}: dev loss policy "
                      f"{validation.get('dev_loss_policy'):.4f} vs sigma=1 {validation.get('dev_loss_mezo'):.4f}, "
                      f"wins {validation.get('wins')}/{validation.get('runs_at_recommended_lr')}")
     by_role: dict[str, list[float]] = defaultdict(list)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from l2lzo.client import PolicyClient
 from l2lzo.errors import L2LZOError
+from l2lzo.policy import SIGMA1_LR_KEY
 from l2lzo.policy_net import PerturbationPolicy, spec_json
 from meta_train.config import MetaTrainConfig
 from registry import Registry, RegistryError, build_artifact, normalize_model_id
@@ -22,8 +23,10 @@ def base_model_id(model: str) -> str:
 
 
 def build_policy_artifact(policy: PerturbationPolicy, config: MetaTrainConfig, *, fingerprint: str,
-                          recommended_lr: float, metrics: dict, history_tail: list[dict] | None = None) -> bytes:
-    """The artifact bytes (validated by the registry's own parser)."""
+                          recommended_lr: float, metrics: dict, history_tail: list[dict] | None = None,
+                          sigma1_lr: float | None = None) -> bytes:
+    """The artifact bytes (validated by the registry's own parser). ``sigma1_lr``: the lr the same validation
+    picked for sigma = 1 (stored as ``recommended_lr_sigma1``; a draft made before validation has none)."""
     arrays = policy.to_arrays()
     training = {**config.to_json(), "resolved_lr": config.resolved_lr(),
                 "policy_numbers": policy.numbers, "policy_bytes": sum(a.nbytes for a in arrays.values()),
@@ -38,6 +41,8 @@ def build_policy_artifact(policy: PerturbationPolicy, config: MetaTrainConfig, *
         "training_config": json.dumps(training, sort_keys=True),
         "metrics": json.dumps(metrics, sort_keys=True),
     }
+    if sigma1_lr is not None:
+        metadata[SIGMA1_LR_KEY] = repr(float(sigma1_lr))
     try:
         return build_artifact(arrays, metadata)
     except RegistryError as exc:

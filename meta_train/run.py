@@ -52,17 +52,18 @@ def run(config: MetaTrainConfig, *, resume: str | None = None, sweep_samples: in
                "selected_meta_step": state.best_step, "selected_heldout_gap": state.best_gap, "sweep": sweep_trials}
     data = build_policy_artifact(policy, config, fingerprint=base_fingerprint,
                                  recommended_lr=validation["recommended_lr"], metrics=metrics,
-                                 history_tail=state.history[-5:])
+                                 history_tail=state.history[-5:], sigma1_lr=validation["recommended_lr_sigma1"])
     atomic_write_bytes(out / "policy.safetensors", data)
     (out / "policy.draft.safetensors").unlink(missing_ok=True)
     summary = {"artifact": str(out / "policy.safetensors"), "bytes": len(data),
                "policy_numbers": policy.numbers, "recommended_lr": validation["recommended_lr"],
+               "recommended_lr_sigma1": validation["recommended_lr_sigma1"],
                "selected_meta_step": state.best_step, "selected_heldout_gap": state.best_gap,
                "validation": validation, "published": publish(data, config) if config.push else None}
     write_json(out / "summary.json", summary)
     say(f"policy: {policy.numbers} numbers, {len(data)} bytes -> {summary['artifact']}"
         + (f", pushed as {summary['published']}" if summary["published"] else ""))
-    say(f"validation at lr {validation['recommended_lr']:g}: dev loss policy {validation['dev_loss_policy']:.4f} "
-        f"vs sigma=1 {validation['dev_loss_mezo']:.4f}; policy wins {validation['wins']}/"
-        f"{validation['runs_at_recommended_lr']}")
+    say(f"validation, each arm at its own lr: dev loss policy {validation['dev_loss_policy']:.4f} (lr "
+        f"{validation['recommended_lr']:g}) vs sigma=1 {validation['dev_loss_mezo']:.4f} (lr "
+        f"{validation['recommended_lr_sigma1']:g}); policy wins {validation['wins']}/{validation['tasks']} tasks")
     return summary

@@ -4,9 +4,10 @@
   batches every time), ending in the loss on a fixed slice of the task's dev split; the gap is the policy's
   loss minus sigma = 1's, relative to sigma = 1's (negative: the policy is better). sigma = 1's runs are made
   once. Cheap enough to log during training, and what a sweep is scored on.
-* ``final_validation``: real ``l2lzo finetune`` runs of the validation tasks, policy vs sigma = 1 at equal
-  steps, lr, eps and seeds, for each lr of the grid; the lr whose policy runs end with the lowest mean dev
-  loss is the one the artifact recommends.
+* ``final_validation``: real ``l2lzo finetune`` runs of the validation tasks, policy and sigma = 1 at equal
+  steps, eps and seeds, for each lr of the grid (extended while a best lr sits at its edge); each arm is
+  recommended the lr where its own runs end with the lowest mean dev loss, so MeZO gets the policy's tuning
+  budget, and the artifact records both.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
+from l2lzo.lr_grid import extend_at_edges
 from l2lzo.optim import ZOSGD
 from l2lzo.perturbation import chunk_seed
 from l2lzo.policy_net import LearnedSigma, PerturbationPolicy
@@ -87,38 +89,64 @@ class HeldoutGap:
         return losses.tolist()
 
 
+ARMS = ("policy", "mezo")
+
+
 def final_validation(config: MetaTrainConfig, policy_file: Path, output: Path,
                      say: Callable[[str], None] = print) -> dict:
-    """Fine-tunes of the validation tasks, policy vs sigma = 1, at every lr of the grid; picks the lr."""
-    rows = []
-    grid = config.resolved_lr_grid()
-    for lr in grid:
+    """Fine-tunes of the validation tasks, policy and sigma = 1, at every lr of the grid; picks each arm's lr.
+
+    Both arms get the same tuning budget: the same tasks, steps, seeds and grid, and each is recommended the lr
+    where its own runs end with the lowest mean dev loss (the artifact stores both; ``--compare`` runs MeZO at
+    its own). A grid of 3 or more lrs is extended (``l2lzo.lr_grid.extend_at_edges``) while either arm's best lr
+    sits at its edge; a shorter grid is taken as given.
+    """
+    grid = sorted(config.resolved_lr_grid())
+    runs: dict[tuple[str, float], dict] = {}
+
+    def run_lr(lr: float) -> None:
         for task in config.validation_tasks:
             pair = {}
-            for arm, policy in (("policy", str(policy_file)), ("mezo", None)):
+            for arm, policy in zip(ARMS, (str(policy_file), None), strict=True):
                 run = _validation_config(config, task, lr, policy, output / f"{task}_lr{lr:g}_{arm}.json")
-                result = finetune(run, progress=False)
-                last = result.evals[-1]
+                last = finetune(run, progress=False).evals[-1]
                 pair[arm] = {"dev_loss": last["dev_loss"], "dev_accuracy": last["dev_accuracy"]}
-            rows.append({"task": task, "lr": lr, **pair})
+            runs[(task, lr)] = {"task": task, "lr": lr, **pair}
             say(f"validation {task} lr {lr:g}: dev loss policy {pair['policy']['dev_loss']:.4f} vs sigma=1 "
                 f"{pair['mezo']['dev_loss']:.4f}")
-    means = {lr: _mean([r["policy"]["dev_loss"] for r in rows if r["lr"] == lr]) for lr in grid}
-    best = min(grid, key=means.get)
-    chosen = [r for r in rows if r["lr"] == best]
+
+    for lr in grid:
+        run_lr(lr)
+    grid, extended = extend_at_edges(grid, run_lr, lambda g: [_best_lr(runs, g, arm) for arm in ARMS],
+                                     say=lambda text: say(f"validation: {text}"))
+    rows = [runs[(task, lr)] for lr in grid for task in config.validation_tasks]
+    best = {arm: _best_lr(runs, grid, arm) for arm in ARMS}
+    own = {arm: [runs[(t, best[arm])][arm] for t in config.validation_tasks] for arm in ARMS}
+    at_policy_lr = [runs[(t, best["policy"])] for t in config.validation_tasks]
     return {
-        "recommended_lr": best,
+        "recommended_lr": best["policy"],
+        "recommended_lr_sigma1": best["mezo"],
         "lr_grid": grid,
+        "grid_extended": extended,
         "steps": config.final_steps,
         "validation_tasks": list(config.validation_tasks),
         "runs": rows,
-        "dev_loss_policy": _mean([r["policy"]["dev_loss"] for r in chosen]),
-        "dev_loss_mezo": _mean([r["mezo"]["dev_loss"] for r in chosen]),
-        "dev_accuracy_policy": _mean([r["policy"]["dev_accuracy"] for r in chosen]),
-        "dev_accuracy_mezo": _mean([r["mezo"]["dev_accuracy"] for r in chosen]),
-        "wins": sum(r["policy"]["dev_loss"] < r["mezo"]["dev_loss"] for r in chosen),
-        "runs_at_recommended_lr": len(chosen),
+        # The headline: each arm at its own recommended lr.
+        "dev_loss_policy": _mean([r["dev_loss"] for r in own["policy"]]),
+        "dev_loss_mezo": _mean([r["dev_loss"] for r in own["mezo"]]),
+        "dev_accuracy_policy": _mean([r["dev_accuracy"] for r in own["policy"]]),
+        "dev_accuracy_mezo": _mean([r["dev_accuracy"] for r in own["mezo"]]),
+        "wins": sum(p["dev_loss"] < m["dev_loss"] for p, m in zip(own["policy"], own["mezo"], strict=True)),
+        "tasks": len(config.validation_tasks),
+        # Both at the policy's lr (the pre-2026-12 headline), for comparison.
+        "wins_at_policy_lr": sum(r["policy"]["dev_loss"] < r["mezo"]["dev_loss"] for r in at_policy_lr),
     }
+
+
+def _best_lr(runs: dict[tuple[str, float], dict], grid: Sequence[float], arm: str) -> float:
+    """The lr whose runs of ``arm`` end with the lowest mean dev loss (the smaller lr on a tie)."""
+    tasks = sorted({task for task, _ in runs})
+    return min(grid, key=lambda lr: (_mean([runs[(t, lr)][arm]["dev_loss"] for t in tasks]), lr))
 
 
 def _validation_config(config: MetaTrainConfig, task: str, lr: float, policy: str | None,

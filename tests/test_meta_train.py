@@ -193,3 +193,38 @@ def test_meta_train_refuses_unprepared_pool_tasks_in_one_line(tmp_path, capsys):
     assert "\n" not in error and error.startswith("l2lzo: error: meta-training needs 42 task(s) that are not prepared")
     assert all(name in error for name in (*META_TRAIN_TASKS, *VALIDATION_TASKS))
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+class FakeRun:
+    def __init__(self, dev_loss):
+        self.evals = [{"dev_loss": dev_loss, "dev_accuracy": 0.5}]
+
+
+def test_final_validation_gives_each_arm_its_own_lr_and_extends_the_grid_at_an_edge(tmp_path, monkeypatch):
+    """Policy runs are best at lr 1e-4, sigma = 1's at 4e-4, past the grid's top: the grid grows to find it."""
+    import math
+
+    from meta_train import validation
+
+    def fake_finetune(config, progress):
+        best = 1e-4 if config.policy else 4e-4
+        task_offset = 0.1 if config.task.endswith("b") else 0.0
+        return FakeRun(1.0 + task_offset + (math.log2(config.lr / best)) ** 2 * 0.01)
+
+    monkeypatch.setattr(validation, "finetune", fake_finetune)
+    config = MetaTrainConfig(validation_tasks=["task_a", "task_b"], lr_grid=[5e-5, 1e-4, 2e-4], final_steps=3)
+    result = validation.final_validation(config, tmp_path / "p.safetensors", tmp_path, say=lambda _: None)
+    assert result["recommended_lr"] == 1e-4 and result["recommended_lr_sigma1"] == 4e-4
+    assert result["lr_grid"] == [5e-5, 1e-4, 2e-4, 4e-4, 8e-4] and result["grid_extended"] == {"low": 0, "high": 2}
+    assert result["dev_loss_policy"] == result["dev_loss_mezo"] == pytest.approx(1.05)  # each at its own best
+    assert result["wins"] == 0 and result["wins_at_policy_lr"] == 2  # at the policy's lr sigma = 1 looked worse
+    assert len(result["runs"]) == 5 * 2
+
+
+def test_final_validation_takes_a_short_grid_as_given(tmp_path, monkeypatch):
+    from meta_train import validation
+
+    monkeypatch.setattr(validation, "finetune", lambda config, progress: FakeRun(config.lr))
+    config = MetaTrainConfig(validation_tasks=["t"], lr_grid=[1e-4, 2e-4], final_steps=3)
+    result = validation.final_validation(config, tmp_path / "p.safetensors", tmp_path, say=lambda _: None)
+    assert result["lr_grid"] == [1e-4, 2e-4] and result["recommended_lr"] == result["recommended_lr_sigma1"] == 1e-4

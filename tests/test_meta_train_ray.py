@@ -38,7 +38,9 @@ def test_two_workers_meta_train_publish_and_finetune_runs_the_policy(tmp_path, t
     record = Registry(tmp_path / "registry").get(model, version)
     training = json.loads(record.metadata["training_config"])
     assert training["workers"] == 2 and training["meta_steps"] == 4
-    assert json.loads(record.metadata["metrics"])["validation"]["runs_at_recommended_lr"] == 1
+    validation = json.loads(record.metadata["metrics"])["validation"]
+    assert validation["tasks"] == 1 and float(record.metadata["recommended_lr_sigma1"]) == validation[
+        "recommended_lr_sigma1"]
     assert (tmp_path / "run" / "meta_training.png").stat().st_size > 0
     out = tmp_path / "ft.json"
     assert main(["finetune", "--model", str(tiny_causal_dir), "--task", tasks[2], "--steps", "2", "--eval-every", "2",

@@ -129,11 +129,12 @@ def test_the_policy_is_refused_where_sigma_means_nothing(name, tiny_causal):
         FinetuneConfig(optimizer=name, policy="auto").validate()
 
 
-def write_artifact(path, loaded, seed: int = 0, model: str = "tiny-causal", fp: str | None = None):
+def write_artifact(path, loaded, seed: int = 0, model: str = "tiny-causal", fp: str | None = None,
+                   sigma1_lr: float | None = None):
     policy = trained_looking(PerturbationPolicy(), seed, scale=0.5)
     config = MetaTrainConfig(model=model, lr=2e-3)
     data = build_policy_artifact(policy, config, fingerprint=fp or fingerprint(loaded.model), recommended_lr=2e-3,
-                                 metrics={"validation": {"wins": 1}})
+                                 metrics={"validation": {"wins": 1}}, sigma1_lr=sigma1_lr)
     path.write_bytes(data)
     return policy
 
@@ -231,17 +232,43 @@ def test_the_static_gradient_baseline_is_bounded_normalised_and_runs(tmp_path, t
     assert result.policy["kind"] == "sigma hook"
 
 
-def test_finetune_compare_runs_both_arms_at_one_lr(tmp_path, tiny_causal, tiny_causal_dir, capsys):
-    write_artifact(tmp_path / "p.safetensors", tiny_causal)
+def _compare(tmp_path, tiny_causal_dir, *extra):
     task = toy_task(tmp_path / "toy.jsonl")
     assert main(["finetune", "--model", str(tiny_causal_dir), "--task", str(task), "--steps", "2",
                  "--eval-every", "2", "--batch-size", "4", "--train-size", "8", "--dev-size", "8", "--test-size", "8",
-                 "--policy", str(tmp_path / "p.safetensors"), "--compare", "--output", str(tmp_path / "c.json")]) == 0
-    out = capsys.readouterr().out
-    assert "| policy | 0.002 |" in out and "| sigma=1 | 0.002 |" in out
+                 "--policy", str(tmp_path / "p.safetensors"), "--compare", "--output", str(tmp_path / "c.json"),
+                 *extra]) == 0
     learned, mezo = (json.loads((tmp_path / f"c.{arm}.json").read_text()) for arm in ("policy", "sigma1"))
     assert learned["policy"]["learned"] and mezo["policy"] is None
-    assert learned["config"]["seed"] == mezo["config"]["seed"] and learned["config"]["lr"] == mezo["config"]["lr"]
+    assert learned["config"]["seed"] == mezo["config"]["seed"]
+    return learned["config"]["lr"], mezo["config"]["lr"]
+
+
+def test_finetune_compare_runs_mezo_at_its_own_validated_lr(tmp_path, tiny_causal, tiny_causal_dir, capsys):
+    write_artifact(tmp_path / "p.safetensors", tiny_causal, sigma1_lr=5e-3)
+    assert _compare(tmp_path, tiny_causal_dir) == (2e-3, 5e-3)
+    out = capsys.readouterr().out
+    assert "| policy | 0.002 (policy's validation) |" in out
+    assert "| sigma=1 | 0.005 (its own validation (same runs)) |" in out
+    assert _compare(tmp_path, tiny_causal_dir, "--lr", "1e-3") == (1e-3, 1e-3)  # --lr: both arms
+    assert "| sigma=1 | 0.001 (--lr (both arms)) |" in capsys.readouterr().out
+
+
+def test_finetune_compare_with_an_older_artifact_says_both_run_at_the_policy_lr(
+    tmp_path, tiny_causal, tiny_causal_dir, capsys
+):
+    write_artifact(tmp_path / "p.safetensors", tiny_causal)  # no recommended_lr_sigma1
+    assert _compare(tmp_path, tiny_causal_dir) == (2e-3, 2e-3)
+    assert "this artifact records no validated lr for sigma = 1" in capsys.readouterr().out
+
+
+def test_sigma1_lr_round_trips_and_a_malformed_one_is_refused(tmp_path, tiny_causal):
+    write_artifact(tmp_path / "p.safetensors", tiny_causal, sigma1_lr=4e-4)
+    artifact = PolicyArtifact.from_file(tmp_path / "p.safetensors")
+    assert artifact.sigma1_lr() == 4e-4 and artifact.summary()["recommended_lr_sigma1"] == 4e-4
+    artifact.metadata["recommended_lr_sigma1"] = "fast"
+    with pytest.raises(L2LZOError, match="malformed recommended_lr_sigma1"):
+        artifact.sigma1_lr()
 
 
 @pytest.mark.parametrize(("argv", "message"), [
