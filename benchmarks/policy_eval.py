@@ -3,16 +3,22 @@
 Every run is one ``l2lzo finetune`` (same seeds, data, forwards, eps for all arms); results land in
 ``--output`` as one JSON per run, so a killed evaluation resumes where it stopped.
 
-1. **equal lr** -- every task x seed: the policy vs sigma = 1 at the policy's recommended lr (or ``--lr``).
-2. **own best lr** -- ``--grid-tasks`` x ``--grid-seeds`` seeds x ``--lr-grid``: the policy, sigma = 1
-   and the static baseline (sigma_b^2 ~ (G_b / d_b)^0.5 from 4 FO batches, bounded and normalised like the
-   policy; ``l2lzo.profiling.gradient_profile_sigma``); each arm is scored at the lr with its best mean final
-   dev loss, so a win is not just an lr change.
+1. **recommended lr** -- every task x seed: the policy at its recommended lr vs sigma = 1 at the lr the same
+   validation picked for it (``recommended_lr_sigma1``: equal tuning budget), or both at ``--lr``; an artifact
+   without a sigma = 1 lr runs both at the policy's, and the report says which rule applied.
+   From the same runs, **steps to target**: the first eval step (``--eval-every``, default 25) at which the
+   policy's dev loss reaches sigma = 1's final dev loss, over sigma = 1's steps; the median ratio is reported.
+2. **own best lr** -- ``--grid-tasks`` x ``--grid-seeds`` seeds x a grid per arm (``--lr-grid``, or with
+   ``--own-best`` {0.5, 1, 2} x the arm's recommended lr; grown while the arm's best sits at an edge): the
+   policy, sigma = 1 and the static baseline (sigma_b^2 ~ (G_b / d_b)^0.5 from 4 FO batches, bounded and
+   normalised like the policy; ``l2lzo.profiling.gradient_profile_sigma``; its grid centres on sigma = 1's lr);
+   each arm is scored at the lr with its best mean final dev loss, so a win is not just an lr change.
 3. **transfer** (``--derivative TASK``) -- the base model fine-tuned with FO-Adam on TASK (a task the evaluation
    does not use) is a derivative with the base's fingerprint; the policy vs sigma = 1 from there.
 
-Runs already in ``--output`` are read, not rerun (the equal-lr and lr-grid comparisons share ``runs/``, so a
-run both need is made once): evaluations of disjoint task lists can run side by side
+Runs already in ``--output`` are read, not rerun, when made with the same settings (a run with others is
+refused). The headline and lr-grid comparisons share ``runs/``, so a run both need is made once; evaluations
+of disjoint task lists can run side by side
 (``--threads 1`` each), and a last invocation over all tasks writes the report from their results.
 
 Reported (``report.md``, ``summary.json``): the win rate on final dev loss, the mean dev- and test-accuracy
@@ -20,7 +26,7 @@ difference (policy - sigma = 1) with a 95% t-interval over task x seed pairs, pe
 the transfer table, and the policy's size and cost per step; ``curves.png``: dev loss by step, both arms.
 
     .venv/bin/python benchmarks/policy_eval.py --model minilm-l6 --policy minilm-l6@1 \\
-        --seeds 0,1,2 --steps 200 --lr-grid 2e-5,5e-5,1e-4 --grid-seeds 2 --derivative copa
+        --seeds 0,1,2 --steps 300 --lr-grid 2e-5,5e-5,1e-4 --grid-seeds 2 --derivative copa
     (``--tasks`` defaults to the evaluation pool of ``meta_train/config.py``; the reports committed under
     benchmarks/results/policy_eval were measured on the pool of their day, BIG-bench tasks included.)
 """
@@ -37,6 +43,7 @@ from pathlib import Path
 
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
+from l2lzo.lr_grid import extend_at_edges, scaled_grid
 from l2lzo.models import load_model
 from l2lzo.plotting import save_png, subplots
 from l2lzo.policy import PolicyArtifact
@@ -49,6 +56,10 @@ from meta_train.config import EVALUATION_TASKS
 ARMS = ("policy", "sigma=1", "static")
 
 
+#: Settings a stored run must share with the requested one to be reused (the rest is in its file name).
+SETTINGS_THAT_MATTER = ("steps", "eval_every", "dev_size", "test_size", "eps", "batch_size", "train_size", "scheme")
+
+
 def run_arm(base: FinetuneConfig, arm: str, policy: PolicyArtifact | None, out: Path, model: str | None = None) -> dict:
     """One fine-tune (skipped when its results exist); the numbers the report needs."""
     path = out / f"{Path(base.task).stem}_{arm.replace('=', '')}_lr{base.lr:g}_s{base.seed}.json"
@@ -57,6 +68,10 @@ def run_arm(base: FinetuneConfig, arm: str, policy: PolicyArtifact | None, out: 
         used = (data.get("policy") or {}).get("sha256")
         if arm == "policy" and used != policy.sha256:
             raise SystemExit(f"{path} was made with another policy (sha256 {str(used)[:12]}); use another --output")
+        stored = data.get("config", {})
+        differ = [k for k in SETTINGS_THAT_MATTER if k in stored and stored[k] != getattr(base, k)]
+        if differ:  # the file name holds only task, arm, lr and seed: a run with other settings is not this one
+            raise SystemExit(f"{path} was made with other settings ({', '.join(differ)}); use another --output")
         return data["summary"]
     config = replace(base, model=model or base.model, output=str(path),
                      policy=str(policy.path) if arm == "policy" else None)
@@ -123,6 +138,44 @@ def paired(rows: list[dict], a: str, b: str) -> dict:
             "dev_accuracy_diff_ci95": dev_ci, "test_accuracy_diff": test, "test_accuracy_diff_ci95": test_ci}
 
 
+def first_step_at(curve: list, target: float) -> int | None:
+    """The first eval step whose dev loss is at or below ``target`` (None: never)."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def steps_to_target(rows: list[dict]) -> dict:
+    """Per task x seed: the step at which the policy's dev loss first reaches sigma = 1's final dev loss, over
+    sigma = 1's number of steps (below 1: the policy gets there sooner). Pairs never reaching it count as misses
+    and enter the median as infinity."""
+    keyed = {(r["task"], r["seed"], r["arm"]): r for r in rows}
+    ratios = []
+    for (task, seed, arm), policy in sorted(keyed.items()):
+        mezo = keyed.get((task, seed, "sigma=1"))
+        if arm != "policy" or mezo is None:
+            continue
+        final_step, target = mezo["curve"][-1]
+        step = first_step_at(policy["curve"], target)
+        ratios.append(math.inf if step is None else step / final_step)
+    if not ratios:
+        return {}
+    median = statistics.median(ratios)
+    return {"pairs": len(ratios), "median_ratio": None if median == math.inf else median,
+            "reached": sum(r < math.inf for r in ratios), "ratios": [None if r == math.inf else r for r in ratios]}
+
+
+def headline_lrs(flag: float | None, artifact: PolicyArtifact) -> tuple[float, dict[str, float], str]:
+    """The lr of each arm of the headline comparison, and the rule that chose them (see the module docstring).
+    The first value is the policy's lr, the default of every other comparison's runs."""
+    policy_lr = flag or artifact.recommended()["lr"]
+    if flag is not None:
+        return policy_lr, {"policy": flag, "sigma=1": flag}, "both at --lr"
+    sigma1 = artifact.sigma1_lr()
+    if sigma1 is not None:
+        return policy_lr, {"policy": policy_lr, "sigma=1": sigma1}, "each arm at its own validated lr"
+    return policy_lr, {"policy": policy_lr, "sigma=1": policy_lr}, (
+        "both at the policy's lr: this artifact records no validated lr for sigma = 1")
+
+
 def make_derivative(model: str, task: str, out: Path, steps: int = 60) -> Path:
     """``model`` fine-tuned with FO-Adam on ``task``, saved as a model folder (same architecture fingerprint)."""
     folder = out / f"derivative_{Path(task).stem}"
@@ -146,9 +199,16 @@ def main() -> None:
     parser.add_argument("--registry", default=None)
     parser.add_argument("--tasks", default=",".join(EVALUATION_TASKS))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=None, help="equal-lr arms (default: the policy's recommended)")
-    parser.add_argument("--lr-grid", default=None, help="comma-separated lrs for the own-best-lr comparison")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--eval-every", type=int, default=25,
+                        help="dev evaluations (the curves, and the steps-to-target comparison, are read at these)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="one lr for both arms of the headline comparison (default: each arm's recommended)")
+    parser.add_argument("--lr-grid", default=None,
+                        help="comma-separated lrs for the own-best-lr comparison (every arm starts from it)")
+    parser.add_argument("--own-best", action="store_true",
+                        help="the own-best-lr comparison on {0.5, 1, 2} x each arm's recommended lr (without "
+                             "--lr-grid); either way each arm's grid grows while its best lr sits at an edge")
     parser.add_argument("--grid-tasks", default=None, help="tasks of the lr-grid comparison (default: first 3)")
     parser.add_argument("--grid-seeds", type=int, default=2)
     parser.add_argument("--derivative", default=None, help="task to make a derivative on (transfer check)")
@@ -165,7 +225,7 @@ def main() -> None:
                              "the baseline can run while the policy is still meta-training; a later run reads them")
     args = parser.parse_args()
     if args.baseline_only and args.lr is None:
-        parser.error("--baseline-only needs --lr (the equal lr both arms will use)")
+        parser.error("--baseline-only needs --lr (the lr the sigma = 1 arms use)")
     if not args.baseline_only and args.policy is None:
         parser.error("--policy is required (or --baseline-only)")
     if args.threads:
@@ -174,14 +234,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     artifact = None if args.baseline_only else open_policy(args.policy, registry_root=args.registry)
-    lr = args.lr or artifact.recommended()["lr"]
+    if args.baseline_only:
+        lr, arm_lr, lr_rule = args.lr, {"sigma=1": args.lr}, "both at --lr"
+    else:
+        lr, arm_lr, lr_rule = headline_lrs(args.lr, artifact)
     tasks = [t for t in args.tasks.split(",") if t]
     grid_tasks = [t for t in (args.grid_tasks or ",".join(tasks[:3])).split(",") if t]
     derivative_tasks = [t for t in (args.derivative_tasks or ",".join(tasks[:3])).split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.output or f"benchmarks/results/policy_eval/{args.model}_{args.scheme}".replace("/", "-"))
     out.mkdir(parents=True, exist_ok=True)
-    base = FinetuneConfig(model=args.model, scheme=args.scheme, steps=args.steps, eval_every=max(1, args.steps // 4),
+    base = FinetuneConfig(model=args.model, scheme=args.scheme, steps=args.steps, eval_every=args.eval_every,
                           dev_size=args.dev_size, test_size=args.test_size, lr=lr)
 
     def say(text: str) -> None:
@@ -194,34 +257,42 @@ def main() -> None:
                 say(f"sigma=1 at lr {lr:g}: {task} seed {seed}: dev loss {row['dev_loss']:.4f}")
         return
 
-    equal = []
+    headline = []
     for task in tasks:
         for seed in seeds:
             for arm in ("policy", "sigma=1"):
-                equal.append(run_arm(replace(base, task=task, seed=seed), arm, artifact, out / "runs"))
-            say(f"equal lr {lr:g}: {task} seed {seed}: dev loss policy {equal[-2]['dev_loss']:.4f} "
-                f"vs sigma=1 {equal[-1]['dev_loss']:.4f}")
-    summary = {"model": args.model, "scheme": args.scheme, "policy": artifact.summary(), "lr": lr,
-               "steps": args.steps, "tasks": tasks, "seeds": seeds, "equal_lr": paired(equal, "policy", "sigma=1"),
-               "equal_lr_rows": equal}
+                headline.append(run_arm(replace(base, task=task, seed=seed, lr=arm_lr[arm]), arm, artifact,
+                                     out / "runs"))
+            say(f"recommended lrs: {task} seed {seed}: dev loss policy {headline[-2]['dev_loss']:.4f} "
+                f"vs sigma=1 {headline[-1]['dev_loss']:.4f}")
+    summary = {"model": args.model, "scheme": args.scheme, "policy": artifact.summary(), "lr": arm_lr,
+               "lr_rule": lr_rule, "steps": args.steps, "tasks": tasks, "seeds": seeds,
+               "recommended_lr": paired(headline, "policy", "sigma=1"), "recommended_lr_rows": headline,
+               "steps_to_target": steps_to_target(headline)}
 
-    if args.lr_grid:
-        grid = [float(x) for x in args.lr_grid.split(",")]
-        rows = []
-        for task in grid_tasks:
-            for seed in seeds[:args.grid_seeds]:
-                for value in grid:
-                    for arm in ARMS:
-                        rows.append(run_arm(replace(base, task=task, seed=seed, lr=value), arm, artifact,
-                                            out / "runs"))
-                say(f"lr grid: {task} seed {seed} done")
-        best = {}
+    if args.lr_grid or args.own_best:
+        rows: list[dict] = []
+        grids, best = {}, {}
         for arm in ARMS:
-            means = {v: statistics.fmean(r["dev_loss"] for r in rows if r["arm"] == arm and r["lr"] == v)
-                     for v in grid}
-            best[arm] = min(grid, key=means.get)
+            start = ([float(x) for x in args.lr_grid.split(",")] if args.lr_grid
+                     else scaled_grid(arm_lr["sigma=1" if arm == "static" else arm]))
+
+            def run_lr(value: float, _arm: str = arm) -> None:
+                for task in grid_tasks:
+                    for seed in seeds[:args.grid_seeds]:
+                        rows.append(run_arm(replace(base, task=task, seed=seed, lr=value), _arm, artifact,
+                                            out / "runs"))
+                say(f"lr grid: {_arm} at lr {value:g} done")
+
+            def mean_loss(value: float, _arm: str = arm) -> float:
+                return statistics.fmean(r["dev_loss"] for r in rows if r["arm"] == _arm and r["lr"] == value)
+
+            for value in start:
+                run_lr(value)
+            grids[arm], _ = extend_at_edges(start, run_lr, lambda g, _m=mean_loss: [min(g, key=_m)], say=say)
+            best[arm] = min(grids[arm], key=mean_loss)
         at_best = [r for r in rows if r["lr"] == best[r["arm"]]]
-        summary["own_best_lr"] = {"grid": grid, "best_lr": best,
+        summary["own_best_lr"] = {"grid": grids, "best_lr": best,
                                   "policy_vs_sigma1": paired(at_best, "policy", "sigma=1"),
                                   "policy_vs_static": paired(at_best, "policy", "static"),
                                   "static_vs_sigma1": paired(at_best, "static", "sigma=1"), "rows": rows}
@@ -238,12 +309,13 @@ def main() -> None:
                                "policy_vs_sigma1": paired(rows, "policy", "sigma=1"), "rows": rows}
 
     training = json.loads(artifact.metadata["training_config"])
-    steps_cost = [r["policy_seconds_per_step"] / r["median_step_seconds"] for r in equal if r["arm"] == "policy"]
+    steps_cost = [r["policy_seconds_per_step"] / r["median_step_seconds"] for r in headline if r["arm"] == "policy"]
     summary["policy_size"] = {"numbers": training.get("policy_numbers"), "bytes": training.get("policy_bytes"),
                               "file_bytes": artifact.path.stat().st_size,
                               "cost_fraction_of_step": statistics.median(steps_cost) if steps_cost else None}
     write_json(out / "summary.json", summary)
-    plot_curves(equal, out / "curves.png", f"{args.model} ({args.scheme}), lr {lr:g}: learned policy vs sigma = 1")
+    plot_curves(headline, out / "curves.png", f"{args.model} ({args.scheme}), lr policy {arm_lr['policy']:g}, "
+                f"sigma = 1 {arm_lr['sigma=1']:g}: learned policy vs sigma = 1")
     text = report(summary, " ".join(sys.argv))
     atomic_write_text(out / "report.md", text)
     print(text)
@@ -270,6 +342,10 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
     save_png(fig, path)
 
 
+def _ratio(value: float | None) -> str:
+    return "not reached (most pairs never got there)" if value is None else f"{value:.2f}x"
+
+
 def _fmt(p: dict) -> str:
     if not p:
         return "n/a"
@@ -288,10 +364,16 @@ def report(summary: dict, command: str) -> str:
              f"{summary['policy_size']['file_bytes']} bytes on disk; its cost per step: "
              f"{(summary['policy_size']['cost_fraction_of_step'] or 0):.4%} of a step. "
              f"{summary['steps']} steps per run; differences are policy - other, 95% t-intervals over task x seed.", "",
-             f"- **Equal lr** ({summary['lr']:g}): {_fmt(summary['equal_lr'])}"]
+             f"- **Recommended lr vs recommended lr** (policy {summary['lr']['policy']:g}, sigma=1 "
+             f"{summary['lr']['sigma=1']:g}: {summary['lr_rule']}): {_fmt(summary['recommended_lr'])}"]
+    reach = summary.get("steps_to_target")
+    if reach:
+        lines.append(f"- **Steps to sigma = 1's final dev loss** (policy's first eval step at or below it, over "
+                     f"sigma = 1's steps): median {_ratio(reach['median_ratio'])}; reached in {reach['reached']} of "
+                     f"{reach['pairs']} pairs")
     if "own_best_lr" in summary:
         grid = summary["own_best_lr"]
-        lines += [f"- **Own best lr** (grid {grid['grid']}, best: {grid['best_lr']}): policy vs sigma=1: "
+        lines += [f"- **Own best lr** (grids {grid['grid']}, best: {grid['best_lr']}): policy vs sigma=1: "
                   f"{_fmt(grid['policy_vs_sigma1'])}",
                   f"  - policy vs static gradient profile: {_fmt(grid['policy_vs_static'])}",
                   f"  - static vs sigma=1: {_fmt(grid['static_vs_sigma1'])}"]
@@ -300,7 +382,7 @@ def report(summary: dict, command: str) -> str:
         lines.append(f"- **Transfer** (derivative fine-tuned on {t['fine_tuned_on']}): {_fmt(t['policy_vs_sigma1'])}")
     lines += ["", "| task | seed | arm | lr | dev loss start -> end | dev acc | test acc before -> after |",
               "|---|---|---|---|---|---|---|"]
-    for r in summary["equal_lr_rows"]:
+    for r in summary["recommended_lr_rows"]:
         lines.append(f"| {r['task']} | {r['seed']} | {r['arm']} | {r['lr']:g} | {r['dev_loss_start']:.4f} -> "
                      f"{r['dev_loss']:.4f} | {r['dev_accuracy']:.3f} | {r['test_accuracy_before']:.3f} -> "
                      f"{r['test_accuracy']:.3f} |")
