@@ -89,6 +89,9 @@ def _add_structure_options(group, d: FinetuneConfig) -> None:
     group.add_argument("--sparse-scope", choices=SPARSE_SCOPES, default=d.sparse_scope,
                        help="magnitude threshold per tensor (layer) or over all tensors (global)")
     group.add_argument("--sparse-resample", type=int, default=d.sparse_resample, help="new masks every N steps")
+    group.add_argument("--sparse-mask", default=d.sparse_mask, metavar="FILE",
+                       help="perturb only the coordinates of a sensitivity mask (`l2lzo profile-sensitivity`; "
+                            "static, its density is the file's)")
     group.add_argument("--hybrid-fo-budget", type=float, default=d.hybrid_fo_budget,
                        help="hybrid ZO/FO: train the most important layers within this fraction of the "
                             "parameters with backprop (0: off)")
@@ -202,6 +205,41 @@ def _run_profile_layers(args) -> None:
           f"written {prefix.with_suffix('.json')} and {prefix.with_suffix('.png')}")
 
 
+def _add_profile_sensitivity(sub) -> None:
+    from l2lzo.schemes import SCHEMES
+    from l2lzo.sparsity import SPARSE_SCOPES
+
+    p = sub.add_parser(
+        "profile-sensitivity", help="a static sensitive-coordinate mask for sparse ZO (--sparse-mask)",
+        description="Score every coordinate by its squared gradient summed over training batches of --tasks "
+                    "(SensZOQ) and keep the top --density: a mask file `finetune --sparse-mask` perturbs with. "
+                    "Use tasks other than the ones you will fine-tune on.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=FinetuneConfig.model)
+    p.add_argument("--scheme", default="full", help=f"one of: {', '.join(SCHEMES)}")
+    p.add_argument("--tasks", required=True, help="comma-separated tasks whose training batches score coordinates")
+    p.add_argument("--density", type=float, default=1e-3, help="fraction of coordinates kept")
+    p.add_argument("--scope", choices=SPARSE_SCOPES, default="global", help="top-k per tensor or over all")
+    p.add_argument("--batches", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=FinetuneConfig.max_length)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="mask file to write (.safetensors)")
+    p.set_defaults(func=_run_profile_sensitivity)
+
+
+def _run_profile_sensitivity(args) -> None:
+    from l2lzo.sensitivity import profile_sensitivity
+
+    mask = profile_sensitivity(args.model, [t.strip() for t in args.tasks.split(",") if t.strip()],
+                               scheme=args.scheme, batches=args.batches, batch_size=args.batch_size,
+                               density=args.density, scope=args.scope, seed=args.seed, max_length=args.max_length)
+    path = mask.save(args.output)
+    total = sum(mask.sizes.values())
+    print(f"kept {mask.kept:,} of {total:,} coordinates ({mask.kept / total:.4%}) in {len(mask.indices)} tensors; "
+          f"{path.stat().st_size:,} bytes -> {path}")
+
+
 def _run_finetune_batch(args) -> None:
     from l2lzo.batch import BatchConfig, finetune_batch
 
@@ -292,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_finetune_batch(sub)
     _add_profile_layers(sub)
+    _add_profile_sensitivity(sub)
     _add_policy(sub)
     meta_train_cli.register(sub)
     registry_cli.register(sub)

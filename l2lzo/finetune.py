@@ -28,7 +28,8 @@ from l2lzo.policy_source import parse_policy_spec, resolve_policy
 from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
 from l2lzo.schemes import apply_scheme, check_scheme
 from l2lzo.scoring import Scorer
-from l2lzo.sparsity import SparsityConfig
+from l2lzo.sensitivity import SensitivityMask
+from l2lzo.sparsity import SENSITIVE, SparsityConfig
 from l2lzo.tasks import Example, TaskSplits, load_task
 
 # ZO needs a small lr on full fine-tuning and larger ones when few parameters train. Measured: ("zo", "full")
@@ -68,6 +69,7 @@ class FinetuneConfig:
     sparse_mode: str = "random"
     sparse_scope: str = "layer"
     sparse_resample: int = 100
+    sparse_mask: str | None = None  # a sensitivity mask file (l2lzo profile-sensitivity): static sparse z
     hybrid_fo_budget: float = 0.0  # > 0: the most important layers within this fraction of parameters train FO
     hybrid_fo_optimizer: str = "adam"
     hybrid_fo_lr: float | None = None  # None: DEFAULT_LR for (fo, scheme)
@@ -92,9 +94,10 @@ class FinetuneConfig:
         return self.hybrid_fo_lr if self.hybrid_fo_lr is not None else DEFAULT_LR[("fo", self.scheme)]
 
     def sparsity_config(self) -> SparsityConfig | None:
-        if not self.sparsity:
-            return None
-        return SparsityConfig(self.sparsity, self.sparse_mode, self.sparse_scope, self.sparse_resample)
+        """The sparse-z settings, checked (its own one-line errors); None when z is dense."""
+        config = SparsityConfig(self.sparsity, SENSITIVE if self.sparse_mask else self.sparse_mode,
+                                self.sparse_scope, self.sparse_resample, mask_file=self.sparse_mask)
+        return config if config.active else None
 
     def output_path(self) -> Path:
         if self.output:
@@ -114,7 +117,7 @@ class FinetuneConfig:
         check_eps(self.eps)
         check_n_queries(self.n_queries)
         check_noise(self.noise)
-        SparsityConfig(self.sparsity, self.sparse_mode, self.sparse_scope, self.sparse_resample)
+        self.sparsity_config()  # its own checks
         if self.zo_blocks is not None:
             check_choice("group level", self.zo_blocks, GROUP_LEVELS)
         if self.policy is not None:
@@ -137,8 +140,10 @@ class FinetuneConfig:
             (self.dev_size >= 1 and self.test_size >= 1, "--dev-size and --test-size must be >= 1"),
             (0 <= self.hybrid_fo_budget < 1, f"--hybrid-fo-budget must be in [0, 1), got {self.hybrid_fo_budget}"),
             (self.profile_batches >= 1, f"--profile-batches must be >= 1, got {self.profile_batches}"),
-            (self.optimizer.lower() in ZERO_ORDER or not (self.zo_blocks or self.sparsity or self.hybrid_fo_budget),
-             f"--zo-blocks, --sparsity and --hybrid-fo-budget apply to ZO optimizers, not {self.optimizer}"),
+            (self.optimizer.lower() in ZERO_ORDER
+             or not (self.zo_blocks or self.sparsity or self.sparse_mask or self.hybrid_fo_budget),
+             f"--zo-blocks, --sparsity, --sparse-mask and --hybrid-fo-budget apply to ZO optimizers, not "
+             f"{self.optimizer}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -237,6 +242,8 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         raise L2LZOError(f"task {config.task!r} has too few examples for train and dev splits")
     loaded = loaded or load_model(config.model)
     policy = resolve_run_policy(config, loaded)
+    if config.sparse_mask:  # made for the base model: its fingerprint is checked before the scheme applies
+        SensitivityMask.from_file(config.sparse_mask).check_fingerprint(fingerprint(loaded.model))
     loaded = apply_scheme(loaded, config.scheme)
     model = loaded.model
     scorer = Scorer(loaded, max_length=config.max_length)

@@ -6,7 +6,9 @@ Two ways to choose the kept coordinates (ZO-Bench's gradient sparsity, Sparse-Me
   permutation (an exact fraction, unlike ZO-Bench's Gaussian-quantile approximation);
 * ``magnitude``: exactly the k coordinates whose |theta| is smallest (ties broken by position), as
   Sparse-MeZO found perturbing the small weights works best; k counts per block (``layer`` scope) or
-  over all trainable tensors (``global`` scope).
+  over all trainable tensors (``global`` scope);
+* ``sensitive``: a static mask read from a file made once per model (``l2lzo.sensitivity``: the top
+  squared-gradient coordinates, SensZOQ); its density is the file's, and it is never resampled.
 
 Masks are recomputed every ``resample_every`` steps and kept bit-packed (1 bit per parameter, 1/32 of
 fp32 theta), so perturbations and the update of a step use the same mask without redrawing it.
@@ -23,6 +25,7 @@ from l2lzo.errors import ConfigError, check_choice
 from l2lzo.perturbation import PerturbationEngine, chunk_seed
 
 SPARSE_MODES = ("random", "magnitude")
+SENSITIVE = "sensitive"  # a static mask from a file: set by --sparse-mask, not by --sparse-mode
 SPARSE_SCOPES = ("layer", "global")
 _BITS = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
 # Mask seeds are chunk_seed(run seed, step, _MASK_STREAM): a stream no query index reaches, so masks share no
@@ -32,17 +35,23 @@ _MASK_STREAM = 1 << 40
 
 @dataclass(frozen=True)
 class SparsityConfig:
-    """``sparsity`` is the fraction of z set to zero (0.9 keeps 10% of the coordinates)."""
+    """``sparsity`` is the fraction of z set to zero (0.9 keeps 10% of the coordinates); in mode
+    ``sensitive`` the mask file sets it and ``sparsity`` stays 0."""
 
     sparsity: float
     mode: str = "random"
     scope: str = "layer"
     resample_every: int = 100
+    mask_file: str | None = None
 
     def __post_init__(self):
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        check_choice("sparse mode", self.mode, SPARSE_MODES)
+        check_choice("sparse mode", self.mode, (*SPARSE_MODES, SENSITIVE))
+        if (self.mode == SENSITIVE) != (self.mask_file is not None):
+            raise ConfigError("a sensitivity mask file and sparse mode 'sensitive' go together")
+        if self.mask_file is not None and self.sparsity:
+            raise ConfigError("--sparse-mask sets the density itself: drop --sparsity")
         check_choice("sparse scope", self.scope, SPARSE_SCOPES)
         if self.resample_every < 1:
             raise ConfigError(f"sparse resample interval must be >= 1, got {self.resample_every}")
@@ -50,6 +59,11 @@ class SparsityConfig:
     @property
     def density(self) -> float:
         return 1.0 - self.sparsity
+
+    @property
+    def active(self) -> bool:
+        """Whether z is masked at all."""
+        return self.sparsity > 0 or self.mask_file is not None
 
 
 class SparseMask:
@@ -76,14 +90,17 @@ class SparseMask:
         return sum(p.numel() for p in self._packed.values())
 
     def maybe_resample(self, step: int) -> None:
-        """Draw new masks at step 0 and every ``resample_every`` steps after."""
-        if self.resampled_at is None or step - self.resampled_at >= self.config.resample_every:
+        """Draw new masks at step 0 and every ``resample_every`` steps after (a sensitive mask: once)."""
+        if self.resampled_at is None or (
+                self.config.mode != SENSITIVE and step - self.resampled_at >= self.config.resample_every):
             self.resample(step)
 
     @torch.no_grad()
     def resample(self, step: int) -> None:
         blocks = self.engine.blocks
-        if self.config.mode == "random":
+        if self.config.mode == SENSITIVE:
+            self._load_sensitive()
+        elif self.config.mode == "random":
             step_seed = chunk_seed(self.seed, step, _MASK_STREAM)
             for block in blocks:
                 for chunk in range(len(self.engine.chunks(block))):
@@ -110,6 +127,21 @@ class SparseMask:
                         ties -= at.numel()
                         self._packed[(block.index, chunk)] = _pack(keep)
         self.resampled_at = step
+
+    def _load_sensitive(self) -> None:
+        from l2lzo.sensitivity import SensitivityMask
+
+        mask = SensitivityMask.from_file(self.config.mask_file)
+        mask.check_blocks({b.name: b.numel for b in self.engine.blocks})
+        for block in self.engine.blocks:
+            indices = mask.indices[block.name].long()
+            row = block.numel // block.shape[0] if block.shape else 1
+            for chunk, (r0, r1) in enumerate(self.engine.chunks(block)):
+                lo, hi = r0 * row, (r1 * row if block.shape else 1)
+                a, b = torch.searchsorted(indices, torch.tensor([lo, hi])).tolist()  # indices are sorted
+                keep = torch.zeros(hi - lo, dtype=torch.bool)
+                keep[indices[a:b] - lo] = True
+                self._packed[(block.index, chunk)] = _pack(keep)
 
     def density(self, blocks: list[Block] | None = None) -> float:
         """Fraction of the coordinates of ``blocks`` (default: all) that the current masks keep."""

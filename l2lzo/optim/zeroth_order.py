@@ -82,7 +82,7 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         # Scopes hold positions in self.blocks, which is what the engine indexes by.
         self.groups: list[frozenset[int] | None] = [None] if group_level is None else [
             frozenset(b.index for b in group) for group in group_blocks(self.engine.blocks, group_level).values()]
-        self.mask = SparseMask(self.engine, sparsity, seed) if sparsity and sparsity.sparsity > 0 else None
+        self.mask = SparseMask(self.engine, sparsity, seed) if sparsity and sparsity.active else None
         self.engine.set_mask(self.mask)
         super().__init__([b.param for b in self.blocks],
                          dict(lr=lr, eps=eps, n_queries=n_queries, weight_decay=weight_decay))
