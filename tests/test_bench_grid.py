@@ -77,7 +77,8 @@ HEADER = 'kind = "finetune"\n[base]\nmodel = "tiny"\ntask = "toy.jsonl"\n'  # li
     (HEADER + '[axes]\nseed = [0]\noptimizer = [{ label = "s", seed = 3 }]\n', 7,
      "axes.optimizer: sets 'seed', which axis 'seed' sets too"),
     (HEADER + '[axes]\noptimizer = ["fo-adam", "zo-sgd"]\nsparsity = [0.0, 0.5]\n', 5,
-     "axes cell (optimizer=fo-adam, sparsity=0.5): --zo-blocks, --sparsity, --sparse-mask and --hybrid-fo-budget apply to ZO"),
+     "axes cell (optimizer=fo-adam, sparsity=0.5): --zo-blocks, --sparsity, --sparse-mask and --hybrid-fo-budget "
+     "apply to ZO"),
     (HEADER + '[[axes]]\nseed = [0]\n\n[[axes]]\nsteps = 0\n', 9, "axes[1].steps: --steps must be >= 1, got 0"),
 ])
 def test_bad_grid_is_one_line_naming_file_line_and_key(tmp_path, text, line, message):
