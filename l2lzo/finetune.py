@@ -17,6 +17,7 @@ from tqdm import tqdm
 from l2lzo.blocks import GROUP_LEVELS, discover_blocks, group_blocks
 from l2lzo.errors import L2LZOError, check_choice
 from l2lzo.files import write_json
+from l2lzo.indexed_perturbation import IndexedPerturbationEngine
 from l2lzo.models import LoadedModel, fingerprint, load_model
 from l2lzo.noise import check_noise
 from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
@@ -296,7 +297,9 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     checkpoint.restore(model)
     result.final_test = scorer.evaluate(splits.test)
     zo = getattr(optimizer, "zo", optimizer)
-    if getattr(zo, "mask", None) is not None:
+    if isinstance(getattr(zo, "engine", None), IndexedPerturbationEngine):
+        result.structure.update(mask_bytes=zo.engine.nbytes, perturbed_coordinates=zo.engine.kept)
+    elif getattr(zo, "mask", None) is not None:
         result.structure["mask_bytes"] = zo.mask.nbytes
     if config.zo_blocks:
         result.structure["zo_groups"] = len(zo.groups)

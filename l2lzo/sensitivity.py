@@ -16,7 +16,7 @@ Downstream the mask is an ordinary ``SparseMask`` in mode ``sensitive`` (``l2lzo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ FORMAT = "l2lzo-sensitivity-mask/1"
 
 
 def squared_gradient_scores(model: torch.nn.Module,
-                            closures: Sequence[Callable[[], torch.Tensor]]) -> dict[str, torch.Tensor]:
+                            closures: Iterable[Callable[[], torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Per trainable tensor, the sum over ``closures``' batches of its squared gradient (float32).
 
     Each gradient is folded into its score as soon as it is accumulated and then freed, so at most one full
@@ -152,7 +152,7 @@ class SensitivityMask:
                              f"e.g. {differ[0]}): it was made for another model or fine-tuning scheme")
 
 
-def build_mask(model: torch.nn.Module, closures: Sequence[Callable[[], torch.Tensor]], *, density: float,
+def build_mask(model: torch.nn.Module, closures: Iterable[Callable[[], torch.Tensor]], *, density: float,
                scope: str, fingerprint: str, tasks: list[str]) -> SensitivityMask:
     """Score ``model`` on ``closures`` and keep the top ``density`` of its coordinates."""
     scores = squared_gradient_scores(model, closures)
@@ -162,9 +162,11 @@ def build_mask(model: torch.nn.Module, closures: Sequence[Callable[[], torch.Ten
 
 def profile_sensitivity(model: str, tasks: Sequence[str], *, scheme: str = "full", batches: int = 16,
                         batch_size: int = 8, density: float = 1e-3, scope: str = "global", seed: int = 0,
-                        max_length: int = 64) -> SensitivityMask:
+                        max_length: int = 64, progress: bool = True) -> SensitivityMask:
     """Build the mask of ``model`` (under ``scheme``) from ``batches`` training batches drawn in turn from
-    ``tasks`` (by seed; dev and test examples are never used)."""
+    ``tasks`` (by seed; dev and test examples are never used); ``progress``: a bar over the batches."""
+    from tqdm import tqdm
+
     from l2lzo.finetune import grouped_loss
     from l2lzo.models import fingerprint, load_model
     from l2lzo.schemes import apply_scheme
@@ -185,5 +187,6 @@ def profile_sensitivity(model: str, tasks: Sequence[str], *, scheme: str = "full
         pool = pools[i % len(pools)]
         picks = torch.randint(len(pool), (batch_size,), generator=rng).tolist()
         closures.append(grouped_loss(scorer, [pool[j] for j in picks]))
-    return build_mask(scorer.loaded.model, closures, density=density, scope=scope, fingerprint=base_fingerprint,
+    scored = tqdm(closures, desc="sensitivity", unit="batch", disable=not progress)
+    return build_mask(scorer.loaded.model, scored, density=density, scope=scope, fingerprint=base_fingerprint,
                       tasks=list(tasks))

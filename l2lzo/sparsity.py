@@ -8,10 +8,11 @@ Two ways to choose the kept coordinates (ZO-Bench's gradient sparsity, Sparse-Me
   Sparse-MeZO found perturbing the small weights works best; k counts per block (``layer`` scope) or
   over all trainable tensors (``global`` scope);
 * ``sensitive``: a static mask read from a file made once per model (``l2lzo.sensitivity``: the top
-  squared-gradient coordinates, SensZOQ); its density is the file's, and it is never resampled.
+  squared-gradient coordinates, SensZOQ); its density is the file's. It is not a ``SparseMask``: the
+  optimizer runs it on ``l2lzo.indexed_perturbation``, which draws and adds only the kept coordinates.
 
-Masks are recomputed every ``resample_every`` steps and kept bit-packed (1 bit per parameter, 1/32 of
-fp32 theta), so perturbations and the update of a step use the same mask without redrawing it.
+Random and magnitude masks are recomputed every ``resample_every`` steps and kept bit-packed (1 bit per
+parameter, 1/32 of fp32 theta), so perturbations and the update of a step use the same mask without redrawing it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class SparseMask:
     """The engine's ``ChunkMask``: bit-packed masks per (block, chunk), refreshed by ``maybe_resample``."""
 
     def __init__(self, engine: PerturbationEngine, config: SparsityConfig, seed: int = 0):
+        if config.mode == SENSITIVE:
+            raise ValueError("a sensitivity mask runs on IndexedPerturbationEngine, not as a SparseMask")
         self.engine = engine
         self.config = config
         self.seed = seed
@@ -90,17 +93,14 @@ class SparseMask:
         return sum(p.numel() for p in self._packed.values())
 
     def maybe_resample(self, step: int) -> None:
-        """Draw new masks at step 0 and every ``resample_every`` steps after (a sensitive mask: once)."""
-        if self.resampled_at is None or (
-                self.config.mode != SENSITIVE and step - self.resampled_at >= self.config.resample_every):
+        """Draw new masks at step 0 and every ``resample_every`` steps after."""
+        if self.resampled_at is None or step - self.resampled_at >= self.config.resample_every:
             self.resample(step)
 
     @torch.no_grad()
     def resample(self, step: int) -> None:
         blocks = self.engine.blocks
-        if self.config.mode == SENSITIVE:
-            self._load_sensitive()
-        elif self.config.mode == "random":
+        if self.config.mode == "random":
             step_seed = chunk_seed(self.seed, step, _MASK_STREAM)
             for block in blocks:
                 for chunk in range(len(self.engine.chunks(block))):
@@ -127,21 +127,6 @@ class SparseMask:
                         ties -= at.numel()
                         self._packed[(block.index, chunk)] = _pack(keep)
         self.resampled_at = step
-
-    def _load_sensitive(self) -> None:
-        from l2lzo.sensitivity import SensitivityMask
-
-        mask = SensitivityMask.from_file(self.config.mask_file)
-        mask.check_blocks({b.name: b.numel for b in self.engine.blocks})
-        for block in self.engine.blocks:
-            indices = mask.indices[block.name].long()
-            row = block.numel // block.shape[0] if block.shape else 1
-            for chunk, (r0, r1) in enumerate(self.engine.chunks(block)):
-                lo, hi = r0 * row, (r1 * row if block.shape else 1)
-                a, b = torch.searchsorted(indices, torch.tensor([lo, hi])).tolist()  # indices are sorted
-                keep = torch.zeros(hi - lo, dtype=torch.bool)
-                keep[indices[a:b] - lo] = True
-                self._packed[(block.index, chunk)] = _pack(keep)
 
     def density(self, blocks: list[Block] | None = None) -> float:
         """Fraction of the coordinates of ``blocks`` (default: all) that the current masks keep."""

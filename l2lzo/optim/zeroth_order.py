@@ -10,7 +10,8 @@ Two options shape the estimate for every variant:
 * ``group_level`` (block-wise ZO, ZO-Bench): one SPSA estimate per block group (per layer, per
   attention/MLP part, or per tensor; see ``l2lzo.blocks.group_key``), each group perturbed alone with its
   own seed and updated by its own g. A step then costs 2 * n_queries * groups forwards.
-* ``sparsity`` (ZO-Bench gradient sparsity, Sparse-MeZO): z is masked (``l2lzo.sparsity``).
+* ``sparsity`` (ZO-Bench gradient sparsity, Sparse-MeZO): z is masked (``l2lzo.sparsity``); a sensitivity
+  mask file (SensZOQ) runs on ``l2lzo.indexed_perturbation``, at a cost proportional to its coordinates.
 
 Per-block scales sigma_b (the learned policy's output) enter through one seam, ``set_sigma_hook``: the hook is
 called once at the start of every step and its sigma, keyed by block name, serves L+, L- and the update.
@@ -27,9 +28,11 @@ from torch import nn
 
 from l2lzo.blocks import Block, discover_blocks, group_blocks, rows_view
 from l2lzo.errors import ConfigError
+from l2lzo.indexed_perturbation import IndexedPerturbationEngine
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries
 from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
-from l2lzo.sparsity import SparseMask, SparsityConfig
+from l2lzo.sensitivity import SensitivityMask
+from l2lzo.sparsity import SENSITIVE, SparseMask, SparsityConfig
 
 Closure = Callable[[], torch.Tensor | float]
 
@@ -78,11 +81,13 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         # Re-indexed 0..n-1: a block's index is its position in sigma and part of its noise seed.
         blocks = discover_blocks(model) if blocks is None else blocks
         self.blocks: list[Block] = [replace(b, index=i) for i, b in enumerate(blocks)]
-        self.engine = PerturbationEngine(self.blocks, noise=noise, noise_seed=seed)
+        self.engine = _engine(self.blocks, sparsity, noise, seed)
         # Scopes hold positions in self.blocks, which is what the engine indexes by.
         self.groups: list[frozenset[int] | None] = [None] if group_level is None else [
             frozenset(b.index for b in group) for group in group_blocks(self.engine.blocks, group_level).values()]
-        self.mask = SparseMask(self.engine, sparsity, seed) if sparsity and sparsity.active else None
+        # A sensitive mask lives in its engine; random and magnitude masks are redrawn, on a dense engine.
+        dynamic = sparsity is not None and sparsity.active and sparsity.mode != SENSITIVE
+        self.mask = SparseMask(self.engine, sparsity, seed) if dynamic else None
         self.engine.set_mask(self.mask)
         super().__init__([b.param for b in self.blocks],
                          dict(lr=lr, eps=eps, n_queries=n_queries, weight_decay=weight_decay))
@@ -176,6 +181,15 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
         if name not in state:
             state[name] = torch.zeros_like(block.param, memory_format=torch.preserve_format)
         return state[name]
+
+
+def _engine(blocks: list[Block], sparsity: SparsityConfig | None, noise: str, seed: int) -> PerturbationEngine:
+    """The dense engine, or for a sensitivity mask file the engine that perturbs only its coordinates."""
+    if sparsity is None or sparsity.mode != SENSITIVE:
+        return PerturbationEngine(blocks, noise=noise, noise_seed=seed)
+    mask = SensitivityMask.from_file(sparsity.mask_file)
+    mask.check_blocks({b.name: b.numel for b in blocks})
+    return IndexedPerturbationEngine(blocks, mask.indices, noise=noise, noise_seed=seed)
 
 
 class ZOSGD(ZeroOrderOptimizer):
