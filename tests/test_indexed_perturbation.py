@@ -138,3 +138,39 @@ def test_bad_indices_are_refused(setup):
             IndexedPerturbationEngine(blocks, bad)
     with pytest.raises(ValueError, match="takes no other mask"):
         IndexedPerturbationEngine(blocks, indices).set_mask(lambda block, chunk: None)
+
+
+class CountingNoise:
+    """A noise source that counts the numbers it produces (draws and fused adds)."""
+
+    parallel_chunks = False
+
+    def __init__(self):
+        from l2lzo.noise import GaussianNoise
+
+        self.inner, self.numbers = GaussianNoise(), 0
+
+    def draw(self, seed, shape, dtype, device, rows=None):
+        z = self.inner.draw(seed, shape, dtype, device, rows)
+        self.numbers += z.numel()
+        return z
+
+    def add(self, out, base, seed, alpha, mask=None):
+        self.numbers += out.numel()
+        self.inner.add(out, base, seed, alpha, mask)
+
+
+@pytest.mark.parametrize("width", [8, 64])
+def test_a_steps_noise_grows_with_the_kept_count_not_the_model(width):
+    model = nn.Sequential(nn.Linear(width, width), nn.Linear(width, 4))
+    blocks = discover_blocks(model)
+    indices = {b.name: torch.arange(min(3, b.numel), dtype=torch.int32) for b in blocks}  # 3 per block, any width
+    noise = CountingNoise()
+    engine = IndexedPerturbationEngine(blocks, indices, noise=noise)
+    inputs = torch.randn(2, width)
+    with torch.no_grad():
+        for c in (1e-3, -1e-3):  # L+, L-, then the update: what a ZO-SGD step does
+            with engine.perturbed([Direction(1, c)]):
+                model(inputs)
+        engine.add_([Direction(1, -0.1)])
+    assert noise.numbers == 3 * engine.kept == 3 * 3 * len(blocks)
