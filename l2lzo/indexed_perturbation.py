@@ -23,6 +23,12 @@ from l2lzo.blocks import Block
 from l2lzo.perturbation import ChunkMask, Direction, PerturbationEngine, chunk_seed
 
 
+def is_index_set(indices: torch.Tensor, size: int) -> bool:
+    """Whether ``indices`` are sorted, distinct and in [0, size): the form masks store and this engine takes."""
+    return not indices.numel() or bool(
+        indices[0] >= 0 and indices[-1] < size and not (indices[1:] <= indices[:-1]).any())
+
+
 class IndexedPerturbationEngine(PerturbationEngine):
     """A ``PerturbationEngine`` whose z_b is non-zero only at ``indices[block name]`` (sorted flat positions).
 
@@ -39,8 +45,7 @@ class IndexedPerturbationEngine(PerturbationEngine):
             raise ValueError(f"no indices for {len(missing)} blocks, e.g. {missing[0]!r}")
         self.indices = {b.index: indices[b.name].to(device=b.param.device, dtype=torch.long) for b in self.blocks}
         for block in self.blocks:
-            idx = self.indices[block.index]
-            if idx.numel() and (idx[0] < 0 or idx[-1] >= block.numel or bool((idx[1:] <= idx[:-1]).any())):
+            if not is_index_set(self.indices[block.index], block.numel):
                 raise ValueError(f"indices of {block.name!r} must be sorted, distinct and in [0, {block.numel})")
             if not block.param.is_contiguous():
                 raise ValueError(f"{block.name!r} is not contiguous: its flat indices have no in-place view")

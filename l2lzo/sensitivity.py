@@ -10,7 +10,7 @@ metadata naming the base model's fingerprint, the density, the scope, the source
 size, so a mask is refused on a model it was not made for. Indices cost 4 bytes per kept coordinate: at
 density 0.1%, 0.54 MB for smollm2-135m (134.5M parameters) and 28 MB for a 7B model; a bitmap would take
 n / 8 bytes whatever the density (16.8 MB and 875 MB), so indices are smaller below density 1/32.
-Downstream the mask is an ordinary ``SparseMask`` in mode ``sensitive`` (``l2lzo.sparsity``).
+Downstream, ``--sparse-mask`` runs ZO on ``l2lzo.indexed_perturbation``: only these coordinates are drawn and touched.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from safetensors.torch import save
 from l2lzo.blocks import discover_blocks
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_bytes
+from l2lzo.indexed_perturbation import is_index_set
 from l2lzo.sparsity import SPARSE_SCOPES
 
 FORMAT = "l2lzo-sensitivity-mask/1"
@@ -142,7 +143,7 @@ class SensitivityMask:
         for name, idx in indices.items():
             if idx.dtype != torch.int32 or idx.dim() != 1:
                 raise L2LZOError(f"{path}: indices of {name} must be 1-d int32")
-            if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= sizes[name] or bool((idx[1:] <= idx[:-1]).any())):
+            if not is_index_set(idx, sizes[name]):
                 raise L2LZOError(f"{path}: indices of {name} are not sorted, unique and in [0, {sizes[name]})")
         return mask
 

@@ -1,6 +1,6 @@
 """Sparse perturbation: a 0/1 mask on z that keeps a fixed fraction of each block's coordinates.
 
-Two ways to choose the kept coordinates (ZO-Bench's gradient sparsity, Sparse-MeZO):
+Three ways to choose the kept coordinates (ZO-Bench's gradient sparsity, Sparse-MeZO):
 
 * ``random``: exactly ``round(density * n)`` coordinates of every noise chunk, drawn by a seeded
   permutation (an exact fraction, unlike ZO-Bench's Gaussian-quantile approximation);
