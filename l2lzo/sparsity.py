@@ -92,6 +92,16 @@ class SparseMask:
         """Memory the masks take."""
         return sum(p.numel() for p in self._packed.values())
 
+    def state_dict(self) -> dict:
+        """The current masks and when they were drawn (a magnitude mask depends on theta at that step)."""
+        return {"resampled_at": self.resampled_at,
+                "packed": {f"{b}.{c}": bits.clone() for (b, c), bits in self._packed.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s output."""
+        self.resampled_at = state["resampled_at"]
+        self._packed = {tuple(int(i) for i in key.split(".")): bits.clone() for key, bits in state["packed"].items()}
+
     def maybe_resample(self, step: int) -> None:
         """Draw new masks at step 0 and every ``resample_every`` steps after."""
         if self.resampled_at is None or step - self.resampled_at >= self.config.resample_every:

@@ -34,6 +34,15 @@ class HybridZOFO:
         """The ZO part's sigma hook (it sees the ZO blocks only; see ``ZeroOrderOptimizer.set_sigma_hook``)."""
         self.zo.set_sigma_hook(hook)
 
+    def state_dict(self) -> dict:
+        """Both halves' state dicts (see ``ZeroOrderOptimizer.state_dict``)."""
+        return {"zo": self.zo.state_dict(), "fo": self.fo.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore ``state_dict()``'s output."""
+        self.zo.load_state_dict(state_dict["zo"])
+        self.fo.load_state_dict(state_dict["fo"])
+
     def step(self, closure: Closure) -> float:
         self.fo.zero_grad(set_to_none=True)
         with torch.enable_grad(), _frozen(self.zo_params):

@@ -15,6 +15,11 @@ Two options shape the estimate for every variant:
 
 Per-block scales sigma_b (the learned policy's output) enter through one seam, ``set_sigma_hook``: the hook is
 called once at the start of every step and its sigma, keyed by block name, serves L+, L- and the update.
+
+State follows torch.optim: hyperparameters (momentum and betas too) are keys of the single param group,
+buffers are per-parameter ``state``, and ``state_dict()`` adds a ``"zo"`` entry with what the next step also
+depends on (the step count, which picks the seeds; the last (L+, L-) pair; sigma; a resampled mask), so an
+optimizer restored mid-run continues bitwise like the unbroken run.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
     """Base class: SPSA estimate with n queries and per-block sigma; subclasses apply it.
 
     Use it like ``torch.optim``: ``loss = opt.step(closure)`` where ``closure()`` returns the loss of the
-    current batch. The closure is called 2 * n_queries times per step under ``torch.no_grad()``, each
+    current batch; ``state_dict()`` / ``load_state_dict()`` save and restore everything a step depends on.
+    The closure is called 2 * n_queries times per step under ``torch.no_grad()``, each
     time with the model perturbed (theta itself is never modified by a perturbation).
 
     Args:
@@ -103,7 +109,45 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
 
     @property
     def hparams(self) -> dict:
+        """The hyperparameters: the one param group (what an lr scheduler edits)."""
         return self.param_groups[0]
+
+    def add_param_group(self, param_group: dict) -> None:
+        # The engine's blocks, and so the noise seeds, are fixed when the optimizer is built: one group only.
+        if self.param_groups:
+            raise ValueError("a zeroth-order optimizer has one param group: its blocks are fixed when it is built")
+        super().add_param_group(param_group)
+
+    def _add_hyperparameters(self, **values) -> None:
+        """A variant's own hyperparameters, as keys of the param group (and defaults) like torch.optim's."""
+        self.defaults.update(values)
+        self.hparams.update(values)
+
+    def state_dict(self) -> dict:
+        """torch.optim's state dict plus ``"zo"``: steps, seed, last (L+, L-), sigma and a resampled mask."""
+        state = super().state_dict()
+        state["zo"] = {"steps": self.steps, "seed": self.seed, "last_losses": self.last_losses,
+                       "sigma": self.engine.sigma.clone(),
+                       "mask": None if self.mask is None else self.mask.state_dict()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore ``state_dict()``'s output; ``ValueError`` if it is not a ZO optimizer's or its seed differs."""
+        state_dict = dict(state_dict)
+        zo = state_dict.pop("zo", None)
+        if zo is None:
+            raise ValueError("not a zeroth-order optimizer's state dict: it has no 'zo' entry")
+        if zo["seed"] != self.seed:
+            raise ValueError(f"the state comes from an optimizer with seed {zo['seed']}, this one has seed "
+                             f"{self.seed}: its noise would differ")
+        if (zo["mask"] is None) != (self.mask is None):
+            raise ValueError("the state and this optimizer disagree on whether z is masked")
+        super().load_state_dict(state_dict)
+        self.steps = zo["steps"]
+        self.last_losses = None if zo["last_losses"] is None else tuple(zo["last_losses"])
+        self.engine.set_sigma(zo["sigma"])
+        if self.mask is not None:
+            self.mask.load_state_dict(zo["mask"])
 
     def set_sigma(self, sigma: torch.Tensor | Mapping[str, float]) -> None:
         """Per-block perturbation scales: by block name, or one per block in ``self.blocks``; 1 is MeZO."""
@@ -216,12 +260,14 @@ class ZOSGDMomentum(ZeroOrderOptimizer):
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         super().__init__(model, **kwargs)
-        self.momentum = momentum
+        self._add_hyperparameters(momentum=momentum)
 
     def apply(self, directions: list[Direction], closure: Closure) -> None:
+        beta = self.hparams["momentum"]
+
         def update(block: Block, rows: slice, grad: torch.Tensor) -> torch.Tensor:
             m = rows_view(self._buffer(block, "momentum"), rows)
-            return m.mul_(self.momentum).add_(grad)
+            return m.mul_(beta).add_(grad)
 
         self._apply_chunkwise(update, directions)
 
@@ -234,11 +280,10 @@ class ZOAdam(ZeroOrderOptimizer):
     def __init__(self, model: nn.Module, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
                  **kwargs):
         super().__init__(model, **kwargs)
-        self.betas = betas
-        self.adam_eps = adam_eps
+        self._add_hyperparameters(betas=tuple(betas), adam_eps=adam_eps)
 
     def apply(self, directions: list[Direction], closure: Closure) -> None:
-        b1, b2 = self.betas
+        (b1, b2), adam_eps = self.hparams["betas"], self.hparams["adam_eps"]
         t = self.steps + 1
         c1, c2 = 1 - b1**t, 1 - b2**t
 
@@ -247,7 +292,7 @@ class ZOAdam(ZeroOrderOptimizer):
             v = rows_view(self._buffer(block, "exp_avg_sq"), rows)
             m.mul_(b1).add_(grad, alpha=1 - b1)
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            return (m / c1).div_((v / c2).sqrt_().add_(self.adam_eps))
+            return (m / c1).div_((v / c2).sqrt_().add_(adam_eps))
 
         self._apply_chunkwise(update, directions)
 
