@@ -114,6 +114,14 @@ class StepSignal:
             self.log_loss = keep * self.log_loss + (1 - keep) * log_loss
             self.log_signal = keep * self.log_signal + (1 - keep) * log_signal
 
+    def state_dict(self) -> dict:
+        """The smoothed loss features so far (what a resumed run needs to see the same next features)."""
+        return {"log_loss": self.log_loss, "log_signal": self.log_signal}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s output."""
+        self.log_loss, self.log_signal = state["log_loss"], state["log_signal"]
+
     def features(self, step: int) -> torch.Tensor:
         """(len(STEP_FEATURES),) float32; before any loss is seen, the loss features are 0."""
         progress = min(step / self.total_steps, 1.0)

@@ -140,12 +140,20 @@ class LearnedSigma:
         self.last_sigma: dict[str, float] = {}
         self.seconds = 0.0  # time spent here: the policy's cost per step is this / steps
 
+    def prepare(self, blocks) -> None:
+        """Compute the block features now, from the blocks' current values (the first step does it otherwise).
+
+        A run resumed by replaying its steps calls this before the replay: the features stay those of the
+        weights the run started from.
+        """
+        self._features = block_features(blocks, self.scheme)
+
     def __call__(self, info) -> dict[str, float]:
         """sigma for this step; ``info`` is the optimizer's ``StepInfo``."""
         start = time.perf_counter()
         names = tuple(b.name for b in info.blocks)
         if self._features is None or self._features.names != names:
-            self._features = block_features(info.blocks, self.scheme)
+            self.prepare(info.blocks)
         if info.losses is not None:
             self.signal.update(*info.losses, eps=info.eps)
         with torch.set_grad_enabled(self.keep_graph):

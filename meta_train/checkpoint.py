@@ -5,6 +5,8 @@
 ``optimizer.safetensors``  the meta-optimizer's (Adam's) tensors; its scalars go in state.json
 ``state.json``           the next meta-step, the optimizer's param groups, the best gap and its meta-step, and the
                          metrics history so far
+``trajectory-rank{R}.json``  worker R's ZO steps since its trajectory's reset (``meta_train.trajectory_log``): a
+                         resumed worker replays them, so its theta is where the interrupted one left it
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from l2lzo.policy_net import PerturbationPolicy
+from meta_train.trajectory_log import TrajectoryLog
 
 
 @dataclass
@@ -35,6 +38,7 @@ class TrainingState:
     best_gap: float = 0.0
     best_step: int = 0
     best_weights: dict[str, torch.Tensor] | None = None
+    trajectory: TrajectoryLog = field(default_factory=TrajectoryLog)  # this worker's steps since its reset
 
     def consider(self, gap: float) -> bool:
         """Keep the current weights as the best if their held-out gap beats the best so far."""
@@ -75,6 +79,7 @@ def save_checkpoint(state: TrainingState, folder: Path) -> Path:
             "meta_step": state.meta_step, "history": state.history, "best_gap": state.best_gap,
             "best_step": state.best_step,
             "param_groups": optim["param_groups"], "optimizer_scalars": scalars}, indent=1))
+        state.trajectory.save(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -101,4 +106,5 @@ def load_checkpoint(state: TrainingState, folder: Path) -> TrainingState:
     state.best_gap, state.best_step = saved["best_gap"], saved["best_step"]
     best = folder / "best.safetensors"
     state.best_weights = load_file(str(best)) if best.exists() else None
+    state.trajectory.load(folder)
     return state

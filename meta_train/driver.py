@@ -90,12 +90,19 @@ class RayRuntime:
         import ray.train
 
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-        if state is None or self.rank != 0:
+        if state is None:
             ray.train.report(scalars)
             return
+        # Rank 0 writes the checkpoint, every other worker only its trajectory log: Ray Train merges the workers'
+        # folders into one checkpoint.
         with tempfile.TemporaryDirectory(prefix="l2lzo-ckpt-") as tmp:
-            save_checkpoint(state, Path(tmp) / "checkpoint")
-            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(Path(tmp) / "checkpoint")))
+            folder = Path(tmp) / "checkpoint"
+            if self.rank == 0:
+                save_checkpoint(state, folder)
+            else:
+                folder.mkdir()
+                state.trajectory.save(folder)
+            ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
 
 def _worker(loop_config: dict) -> None:

@@ -27,6 +27,7 @@ from meta_train.checkpoint import TrainingState, load_checkpoint, save_checkpoin
 from meta_train.config import MetaTrainConfig
 from meta_train.episodes import TaskPool, Trajectory, episode_rng
 from meta_train.objective import look_ahead
+from meta_train.trajectory_log import TrajectoryLog
 from meta_train.validation import HeldoutGap
 
 
@@ -128,7 +129,8 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
     trajectory = Trajectory(discover_blocks(loaded.model))
     pool = TaskPool(config.train_tasks, train_size=config.train_size, seed=config.seed)
     policy = PerturbationPolicy(config.policy)
-    state = TrainingState(policy, torch.optim.Adam(policy.parameters(), lr=config.meta_lr))
+    state = TrainingState(policy, torch.optim.Adam(policy.parameters(), lr=config.meta_lr),
+                          trajectory=TrajectoryLog(runtime.rank))
     bar = runtime.progress(config.meta_steps, state.meta_step)
     say = bar.write
     if runtime.restore(state):
@@ -141,18 +143,23 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
     while state.meta_step < config.meta_steps:
         step, started = state.meta_step, time.perf_counter()
         trajectory_index, position = divmod(step, config.reset_every)
-        if position == 0 or optimizer is None:  # a new trajectory (or a resumed one): pretrained theta, new task
+        if position == 0 or optimizer is None:  # a new trajectory, or a resumed one: pretrained theta, its task
             trajectory.reset()
             task = episode_rng(config.seed, runtime.rank, trajectory_index).choice(pool.names)
             optimizer = ZOSGD(loaded.model, lr=config.resolved_lr(), eps=config.eps, blocks=trajectory.blocks,
                               seed=chunk_seed(config.seed, runtime.rank, trajectory_index), noise=config.noise)
             sigma = LearnedSigma(policy, config.scheme, total_steps=horizon, keep_graph=True)
             optimizer.set_sigma_hook(sigma)
+            if position == 0:
+                state.trajectory.start(trajectory_index)
+            else:  # resumed inside a trajectory: replay its logged steps, theta goes back where it was
+                state.trajectory.replay(trajectory_index, optimizer, sigma)
         # One episode: K ZO steps with the policy's sigma, then the loss on a different batch of the task.
         episode = pool.episode(task, episode_rng(config.seed, runtime.rank, 1_000_000 + step),
                                config.inner_steps, config.batch_size, config.heldout_batch_size)
         result = look_ahead(optimizer, sigma, [grouped_loss(scorer, b) for b in episode.batches],
                             grouped_loss(scorer, episode.heldout))
+        state.trajectory.record(result.steps, optimizer, sigma)
         # The meta-gradient, averaged over the workers, and one Adam step on the policy.
         state.optimizer.zero_grad(set_to_none=False)
         result.surrogate.backward()

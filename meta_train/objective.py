@@ -44,6 +44,7 @@ class InnerStep:
     """What one inner step left behind: its estimate and the train gradient's projections on its directions."""
 
     directions: list[Direction]  # seeds and c = g / n_queries
+    sigma: torch.Tensor  # the sigma the step used, as the engine held it (float64): with the directions, a replay
     scalar_slopes: list[torch.Tensor]  # per direction: <z_b, grad_b L_t(theta_t)> for every block (dg / dsigma_b)
 
 
@@ -76,7 +77,8 @@ def look_ahead(optimizer: ZeroOrderOptimizer, sigma: LearnedSigma, closures: Seq
         _, train_grads = _gradient(closure, params)  # at theta_t, before the step moves it
         optimizer.step(closure)
         directions = list(optimizer.last_directions)
-        steps.append(InnerStep(directions, [engine.inner_products(d.seed, train_grads) for d in directions]))
+        steps.append(InnerStep(directions, engine.sigma.clone(),
+                               [engine.inner_products(d.seed, train_grads) for d in directions]))
     loss, grads = _gradient(heldout, params)
     lr, queries = optimizer.hparams["lr"], optimizer.hparams["n_queries"]
     surrogate = torch.zeros((), dtype=torch.float64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from l2lzo.blocks import discover_blocks
-from l2lzo.errors import ConfigError
+from l2lzo.errors import ConfigError, L2LZOError
 from l2lzo.finetune import grouped_loss
 from l2lzo.models import CAUSAL, tiny_model
 from l2lzo.optim import ZOSGD
@@ -110,20 +110,75 @@ def tiny_config(tmp_path, **overrides) -> MetaTrainConfig:
     return MetaTrainConfig(**settings)
 
 
-def test_the_loop_learns_checkpoints_and_resumes(tmp_path):
+def test_the_loop_validates_and_checkpoints(tmp_path):
     config = tiny_config(tmp_path)
     runtime = LocalRuntime(tmp_path / "ckpt", show_progress=False)
     full = meta_train_loop(config, runtime, loaded=tiny_model(CAUSAL))
     assert [h["meta_step"] for h in full.history] == list(range(1, 7))
     assert {"heldout_gap", "policy_loss", "mezo_loss"} <= set(full.history[2]) and "heldout_gap" in full.history[3]
-    assert any(h["sigma_max"] > h["sigma_min"] + 1e-3 for h in full.history)  # the policy moved off sigma = 1
+    assert (tmp_path / "ckpt" / "trajectory-rank0.json").exists()
 
-    # A run stopped after meta-step 4 (its last checkpoint) and resumed ends where an uninterrupted run does.
-    stopped = LocalRuntime(tmp_path / "ckpt2", show_progress=False)
-    meta_train_loop(tiny_config(tmp_path, meta_steps=4), stopped, loaded=tiny_model(CAUSAL))
-    resumed = meta_train_loop(config, stopped, loaded=tiny_model(CAUSAL))
-    assert [h["meta_step"] for h in resumed.history] == list(range(1, 7))
-    assert len(stopped.reports) == 4 + 2  # only the missing meta-steps ran again
+
+class Interrupted(Exception):
+    """The worker dies right after a checkpoint."""
+
+
+class DyingRuntime(LocalRuntime):
+    def __init__(self, folder, die_after: int):
+        super().__init__(folder, show_progress=False)
+        self.die_after = die_after
+
+    def report(self, metrics, state):
+        super().report(metrics, state)
+        if state is not None and state.meta_step == self.die_after:
+            raise Interrupted
+
+
+def run_outcome(state) -> tuple:
+    """Everything a run ends with, timings aside."""
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in state.history]
+    adam = state.optimizer.state_dict()["state"]
+    return (history, state.policy.state_dict(), state.best_weights, state.best_step, state.best_gap,
+            {i: {k: v for k, v in entry.items()} for i, entry in adam.items()})
+
+
+def assert_same_outcome(a: tuple, b: tuple) -> None:
+    assert a[0] == b[0]  # every meta-loss, gap, sigma range and selection, exactly
+    for x, y in [(a[1], b[1]), (a[2] or {}, b[2] or {})]:
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert a[3:5] == b[3:5]
+    assert a[5].keys() == b[5].keys()
+    assert all(torch.equal(torch.as_tensor(a[5][i][k]), torch.as_tensor(b[5][i][k])) for i in a[5] for k in a[5][i])
+
+
+@pytest.mark.parametrize(("reset_every", "die_after"), [(6, 3), (4, 6)])
+def test_a_run_killed_inside_a_trajectory_and_resumed_is_the_uninterrupted_run(tmp_path, reset_every, die_after):
+    """Killed after a checkpoint in the middle of a trajectory, resumed: same policy, history and selection.
+
+    Before the replay log, the resumed worker restarted its trajectory from the pretrained weights: the meta-losses
+    parted after the resume (0.656679 vs 0.654626 at step 4 of a 6-step trajectory) and the policies differed.
+    """
+    config = tiny_config(tmp_path, reset_every=reset_every, checkpoint_every=3, validate_every=2)
+    unbroken = meta_train_loop(config, LocalRuntime(tmp_path / "a", show_progress=False), loaded=tiny_model(CAUSAL))
+    with pytest.raises(Interrupted):
+        meta_train_loop(config, DyingRuntime(tmp_path / "b", die_after), loaded=tiny_model(CAUSAL))
+    position = die_after % reset_every
+    assert position, "the test must stop inside a trajectory"
+    log = json.loads((tmp_path / "b" / "trajectory-rank0.json").read_text())
+    assert len(log["steps"]) == position * config.inner_steps
+    resumed_runtime = LocalRuntime(tmp_path / "b", show_progress=False)
+    resumed = meta_train_loop(config, resumed_runtime, loaded=tiny_model(CAUSAL))
+    assert len(resumed_runtime.reports) == config.meta_steps - die_after
+    assert_same_outcome(run_outcome(unbroken), run_outcome(resumed))
+
+
+def test_a_checkpoint_without_this_workers_log_is_refused_inside_a_trajectory(tmp_path):
+    config = tiny_config(tmp_path, reset_every=6, checkpoint_every=3, validate_every=6)
+    with pytest.raises(Interrupted):
+        meta_train_loop(config, DyingRuntime(tmp_path / "c", 3), loaded=tiny_model(CAUSAL))
+    (tmp_path / "c" / "trajectory-rank0.json").unlink()  # as an older l2lzo wrote it
+    with pytest.raises(L2LZOError, match="cannot resume worker 0 inside trajectory 0: its checkpoint has no log"):
+        meta_train_loop(config, LocalRuntime(tmp_path / "c", show_progress=False), loaded=tiny_model(CAUSAL))
 
 
 def test_task_pools_are_disjoint_by_dataset_and_large_enough():

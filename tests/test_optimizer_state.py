@@ -132,3 +132,32 @@ def test_a_second_param_group_and_a_foreign_state_are_refused():
         opt.load_state_dict(other.state_dict())
     with pytest.raises(ValueError, match="no 'zo' entry"):
         opt.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+
+
+@pytest.mark.parametrize("name", ["zo-sgd", "zo-sgd-mmt", "zo-adam", "forward-grad"])
+def test_replaying_logged_steps_reproduces_the_run_without_a_forward(name):
+    model, closure = problem()
+    opt = build({"name": name, "hook": name != "zo-adam"}, model)  # zo-adam refuses a sigma policy
+    log = []
+    for _ in range(4):
+        opt.step(closure)
+        log.append((opt.last_directions, opt.engine.sigma.tolist()))
+    fresh, _ = problem()
+    replayed = build({"name": name}, fresh)
+
+    def no_forward():
+        raise AssertionError("a replay runs no forward")
+
+    fresh.forward = no_forward
+    for directions, sigma in log:
+        replayed.replay(directions, sigma)
+    assert replayed.steps == 4
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True))
+
+
+def test_a_conservative_step_cannot_be_replayed():
+    model, closure = problem()
+    opt = build_optimizer("zo-sgd-cons", model, lr=0.05, seed=1)
+    opt.step(closure)
+    with pytest.raises(ValueError, match="cannot replay"):
+        build_optimizer("zo-sgd-cons", problem()[0], lr=0.05, seed=1).replay(opt.last_directions, [1.0, 1.0, 1.0, 1.0])

@@ -52,6 +52,6 @@ class ForwardGrad(ZeroOrderOptimizer):
             self.last_losses = (float(primal) + eps * derivative, float(primal) - eps * derivative)
         return directions, sum(losses) / len(losses)
 
-    def apply(self, directions: list[Direction], closure: Closure) -> None:
+    def apply(self, directions: list[Direction], closure: Closure | None) -> None:
         lr = self.hparams["lr"]
         self.engine.add_([d.scaled(-lr) for d in directions])

@@ -200,6 +200,24 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
             self.set_sigma(self.sigma_hook(StepInfo(tuple(self.blocks), self.steps, self.last_losses,
                                                     self.hparams["eps"])))
         directions, loss = self.estimate(closure)
+        self._move(directions, closure)
+        return loss
+
+    @torch.no_grad()
+    def replay(self, directions: list[Direction], sigma: torch.Tensor | list[float]) -> None:
+        """Take a step that was already estimated (its directions and sigma, e.g. from a log), with no forward.
+
+        theta, buffers and the step count move exactly as the original step moved them (bitwise, from the same
+        start): ZO's seed trick, a run is its seeds, coefficients and sigmas. The previous step's (L+, L-) are
+        not in a direction; restore ``last_losses`` if a sigma hook reads them.
+        """
+        if self.mask is not None:
+            self.mask.maybe_resample(self.steps)
+        self.set_sigma(sigma)
+        self._move(directions, closure=None)
+
+    def _move(self, directions: list[Direction], closure: Closure | None) -> None:
+        """The update from an estimate: weight decay, the variant's rule, the step count."""
         self.last_directions = directions
         wd = self.hparams["weight_decay"]
         if wd:
@@ -207,10 +225,9 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
                 block.param.mul_(1 - self.hparams["lr"] * wd)
         self.apply(directions, closure)
         self.steps += 1
-        return loss
 
-    def apply(self, directions: list[Direction], closure: Closure) -> None:
-        """Update theta from the estimate; overridden per variant."""
+    def apply(self, directions: list[Direction], closure: Closure | None) -> None:
+        """Update theta from the estimate; overridden per variant (``closure`` is None in a replay)."""
         raise NotImplementedError
 
     def _apply_chunkwise(self, update: Callable[[Block, slice, torch.Tensor], torch.Tensor],
@@ -239,7 +256,7 @@ def _engine(blocks: list[Block], sparsity: SparsityConfig | None, noise: str, se
 class ZOSGD(ZeroOrderOptimizer):
     """ZO-SGD (MeZO): theta -= lr * g * sigma * z, regenerated from the seed (no optimizer state)."""
 
-    def apply(self, directions: list[Direction], closure: Closure) -> None:
+    def apply(self, directions: list[Direction], closure: Closure | None) -> None:
         lr = self.hparams["lr"]
         self.engine.add_([d.scaled(-lr) for d in directions])
 
@@ -249,7 +266,7 @@ class ZOSGDSign(ZeroOrderOptimizer):
 
     sigma_meaning = "zo-sgd-sign's update sign(g * sigma_b * z) ignores sigma's size"
 
-    def apply(self, directions: list[Direction], closure: Closure) -> None:
+    def apply(self, directions: list[Direction], closure: Closure | None) -> None:
         self._apply_chunkwise(lambda block, rows, grad: grad.sign_(), directions)
 
 
@@ -262,7 +279,7 @@ class ZOSGDMomentum(ZeroOrderOptimizer):
         super().__init__(model, **kwargs)
         self._add_hyperparameters(momentum=momentum)
 
-    def apply(self, directions: list[Direction], closure: Closure) -> None:
+    def apply(self, directions: list[Direction], closure: Closure | None) -> None:
         beta = self.hparams["momentum"]
 
         def update(block: Block, rows: slice, grad: torch.Tensor) -> torch.Tensor:
@@ -282,7 +299,7 @@ class ZOAdam(ZeroOrderOptimizer):
         super().__init__(model, **kwargs)
         self._add_hyperparameters(betas=tuple(betas), adam_eps=adam_eps)
 
-    def apply(self, directions: list[Direction], closure: Closure) -> None:
+    def apply(self, directions: list[Direction], closure: Closure | None) -> None:
         (b1, b2), adam_eps = self.hparams["betas"], self.hparams["adam_eps"]
         t = self.steps + 1
         c1, c2 = 1 - b1**t, 1 - b2**t
@@ -304,7 +321,9 @@ class ZOSGDConservative(ZeroOrderOptimizer):
     winner is known); a step costs 2 * n_queries + 3 forwards.
     """
 
-    def apply(self, directions: list[Direction], closure: Closure) -> None:
+    def apply(self, directions: list[Direction], closure: Closure | None) -> None:
+        if closure is None:
+            raise ValueError("zo-sgd-cons cannot replay a step: which candidate won depends on forwards")
         lr = self.hparams["lr"]
         descent = [d.scaled(-lr) for d in directions]
         ascent = [d.scaled(lr) for d in directions]
