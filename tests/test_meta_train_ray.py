@@ -1,4 +1,5 @@
-"""The meta-trainer on Ray: a 2-worker run that publishes a policy `finetune --policy` runs; a killed worker."""
+"""The meta-trainer on Ray: a 2-worker run that publishes a policy `finetune --policy` runs; a killed worker and a
+stopped driver that resume to the uninterrupted run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import threading
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from test_meta_train import write_tasks
 
 from l2lzo.cli import main
@@ -51,31 +54,72 @@ def test_two_workers_meta_train_publish_and_finetune_runs_the_policy(tmp_path, t
     assert results["policy"]["sha256"] == record.sha256 and results["final_sigma"]
 
 
-@pytest.mark.slow
-def test_a_killed_worker_restarts_from_the_last_checkpoint(tmp_path, tiny_causal_dir):
-    """SIGKILL one Ray Train worker mid-run: the run finishes, redoing at most one checkpoint interval."""
-    tasks = write_tasks(tmp_path)
-    env = {**os.environ, "L2LZO_CACHE_DIR": str(tmp_path / "cache")}
-    args = tiny_meta_train_args(tmp_path, tiny_causal_dir, tasks, **{"--meta-steps": "16", "--no-push": None})
-    args = [a for a in args if a is not None]
+def start_cli(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
+    """``python -m l2lzo.cli ARGS`` in the background, its output collected line by line."""
     proc = subprocess.Popen([sys.executable, "-m", "l2lzo.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.time() + 600
-    while not any("checkpoint at meta-step 6" in line for line in lines):
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return proc, lines
+
+
+def wait_for(proc: subprocess.Popen, lines: list[str], text: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not any(text in line for line in lines):
         assert proc.poll() is None and time.time() < deadline, "".join(lines[-30:])
-        time.sleep(0.5)
-    killed_after = max(int(m.group(1)) for line in lines if (m := re.search(r"checkpoint at meta-step (\d+)", line)))
+        time.sleep(0.2)
+
+
+def run_outcome(folder) -> tuple:
+    """What a finished meta-training run leaves: its history (timings aside), the artifact's weights, selection."""
+    saved = json.loads((folder / "history.json").read_text())
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in saved]
+    summary = json.loads((folder / "summary.json").read_text())
+    weights = load_file(str(folder / "policy.safetensors"))
+    return history, weights, summary["selected_meta_step"], summary["recommended_lr"]
+
+
+def assert_same_run(a: tuple, b: tuple) -> None:
+    assert a[0] == b[0]
+    assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    assert a[2:] == b[2:]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_and_a_stopped_driver_resume_to_the_uninterrupted_run(tmp_path, tiny_causal_dir):
+    """SIGKILL a Ray Train worker inside a trajectory; separately, stop the driver and ``--resume`` the run.
+
+    Both end with the uninterrupted run's history (every meta-loss, gap and selection), policy weights and
+    recommendation, bitwise: each worker replays its trajectory's logged steps (``meta_train.trajectory_log``).
+    """
+    tasks = write_tasks(tmp_path)
+    env = {**os.environ, "L2LZO_CACHE_DIR": str(tmp_path / "cache")}
+
+    def args(name: str) -> list[str]:
+        return [a for a in tiny_meta_train_args(tmp_path, tiny_causal_dir, tasks, **{
+            "--meta-steps": "12", "--reset-every": "5", "--output": str(tmp_path / name), "--no-push": None})
+            if a is not None]
+
+    proc, lines = start_cli(args("unbroken"), env)
+    assert proc.wait(timeout=900) == 0, "".join(lines[-40:])
+
+    proc, lines = start_cli(args("killed"), env)
+    wait_for(proc, lines, "checkpoint at meta-step 6")  # trajectory 1 (steps 5-9) is one step in
     workers = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
     assert workers, "no Ray Train worker process found"
     os.kill(int(workers[-1]), signal.SIGKILL)
     assert proc.wait(timeout=900) == 0, "".join(lines[-40:])
-    reader.join(timeout=10)
     resumed = [int(m.group(1)) for line in lines if (m := re.search(r"resumed at meta-step (\d+)", line))]
-    assert resumed, "".join(lines[-40:])
-    # No checkpoint is lost, so at most the steps since the last one (--checkpoint-every 2) are redone.
-    assert resumed[0] >= killed_after
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert [h["meta_step"] for h in history] == list(range(1, 17))
+    assert resumed and resumed[0] % 5, "".join(lines[-40:])  # restarted inside a trajectory
+    assert_same_run(run_outcome(tmp_path / "unbroken"), run_outcome(tmp_path / "killed"))
+
+    proc, lines = start_cli(args("stopped"), env)
+    wait_for(proc, lines, "checkpoint at meta-step 4")
+    name = next(m.group(1) for line in lines if (m := re.search(r"^run (\S+) in ", line)))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) != 0
+    proc, lines = start_cli([*args("stopped"), "--resume", name], env)
+    assert proc.wait(timeout=900) == 0, "".join(lines[-40:])
+    resumed = [int(m.group(1)) for line in lines if (m := re.search(r"resumed at meta-step (\d+)", line))]
+    assert resumed and resumed[0] % 5, "".join(lines[-40:])
+    assert_same_run(run_outcome(tmp_path / "unbroken"), run_outcome(tmp_path / "stopped"))
