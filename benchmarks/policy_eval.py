@@ -42,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from l2lzo.files import atomic_write_text, write_json
-from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
+from l2lzo.finetune import DEFAULT_EPS, FinetuneConfig, finetune, grouped_loss
 from l2lzo.lr_grid import extend_at_edges, scaled_grid
 from l2lzo.models import load_model
 from l2lzo.plotting import save_png, subplots
@@ -244,8 +244,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.output or f"benchmarks/results/policy_eval/{args.model}_{args.scheme}".replace("/", "-"))
     out.mkdir(parents=True, exist_ok=True)
+    # eps pinned: every arm runs at the same eps (the policy arm would otherwise take the policy's recommendation).
     base = FinetuneConfig(model=args.model, scheme=args.scheme, steps=args.steps, eval_every=args.eval_every,
-                          dev_size=args.dev_size, test_size=args.test_size, lr=lr)
+                          dev_size=args.dev_size, test_size=args.test_size, lr=lr, eps=DEFAULT_EPS)
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

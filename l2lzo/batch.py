@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_text, write_json
-from l2lzo.finetune import FinetuneConfig, finetune
+from l2lzo.finetune import FinetuneConfig, finetune, resolve_run_policy
 from l2lzo.plotting import pyplot, save_png
-from l2lzo.policy import OptimizerPlan, PolicyArtifact, resolve_plan
+from l2lzo.policy import OptimizerPlan
+from l2lzo.policy_source import AUTO
 
 
 @dataclass
@@ -32,11 +33,12 @@ class BatchConfig:
     tasks: list[str]
     optimizer: str = "zo-sgd"
     scheme: str = "full"
-    steps: int | None = None  # None: the policy's recommendation, else FinetuneConfig's default
-    lr: float | None = None  # None: the policy's recommendation, else the default for (optimizer, scheme)
-    eps: float | None = None  # None: the policy's recommendation, else FinetuneConfig's default
+    steps: int | None = None  # lr, eps, steps: None means the policy's recommendation, else the default
+    lr: float | None = None  # (FinetuneConfig.plan, the same rule as `l2lzo finetune`)
+    eps: float | None = None
+    policy: str | None = None  # FILE, MODEL[@VERSION] or auto (l2lzo.policy_source); None: auto with a server
     server: str | None = None
-    policy_version: str = "latest"
+    registry: str | None = None
     output_dir: str | None = None  # default results/batch/<model>_<optimizer>_<scheme>
     ray: bool = False
     finetune: dict = field(default_factory=dict)  # other FinetuneConfig fields: batch_size, seed, train_size, ...
@@ -46,13 +48,23 @@ class BatchConfig:
             return Path(self.output_dir)
         return Path("results") / "batch" / f"{self.model}_{self.optimizer}_{self.scheme}".replace("/", "-")
 
+    def policy_spec(self) -> str | None:
+        """``policy``, else ``auto`` when a server is given (it is there to supply the model's policy)."""
+        return self.policy or (AUTO if self.server else None)
+
+    def base_config(self) -> FinetuneConfig:
+        """The fine-tune settings every task shares, lr / eps / steps as given (None: not given)."""
+        return FinetuneConfig(model=self.model, task=self.tasks[0], optimizer=self.optimizer, scheme=self.scheme,
+                              steps=self.steps, lr=self.lr, eps=self.eps, policy=self.policy_spec(),
+                              server=self.server, registry=self.registry, **self.finetune)
+
     def task_config(self, task: str, plan: OptimizerPlan) -> FinetuneConfig:
+        """One task's run: the plan's values, and the plan's policy file if it is learned (else sigma = 1)."""
         output = self.output_path() / "tasks" / f"{_task_stem(task)}.json"
-        # The fetched file itself: every task runs exactly the policy the plan verified.
+        # The resolved file itself: every task runs exactly the policy the plan verified.
         policy = str(plan.policy.path) if plan.policy is not None and plan.policy.is_learned else None
-        return FinetuneConfig(model=self.model, task=task, optimizer=plan.optimizer, scheme=self.scheme,
-                              steps=plan.steps, lr=plan.lr, eps=plan.eps, output=str(output), policy=policy,
-                              **self.finetune)
+        return replace(self.base_config(), task=task, steps=plan.steps, lr=plan.lr, eps=plan.eps,
+                       output=str(output), policy=policy, server=None, registry=None)
 
     def validate(self) -> None:
         if not self.tasks:
@@ -65,9 +77,7 @@ class BatchConfig:
             from l2lzo.client import check_server_url
 
             check_server_url(self.server)
-        probe = resolve_plan(self.optimizer, lr=self.lr, eps=self.eps, steps=self.steps, policy=None,
-                             default_eps=FinetuneConfig.eps, default_steps=FinetuneConfig.steps)
-        self.task_config(self.tasks[0], probe).validate()
+        self.base_config().validate()
 
 
 @dataclass
@@ -80,11 +90,11 @@ class TaskOutcome:
 
 
 def finetune_batch(config: BatchConfig, progress: bool = True, say=print) -> dict:
-    """Resolve the optimizer plan once, fine-tune every task not done yet, write the table and the plot."""
+    """Resolve the policy and the optimizer plan once (as ``l2lzo finetune`` does), fine-tune every task not done
+    yet, write the table and the plot."""
     config.validate()
-    policy = _fetch_policy(config) if config.server else None
-    plan = resolve_plan(config.optimizer, lr=config.lr, eps=config.eps, steps=config.steps, policy=policy,
-                        default_eps=FinetuneConfig.eps, default_steps=FinetuneConfig.steps)
+    base = config.base_config()
+    plan = base.plan(resolve_run_policy(base))
     say(f"plan: {plan.describe()}")
     out = config.output_path()
     configs = {task: config.task_config(task, plan) for task in config.tasks}
@@ -109,18 +119,6 @@ def finetune_batch(config: BatchConfig, progress: bool = True, say=print) -> dic
     return summary
 
 
-def _fetch_policy(config: BatchConfig) -> PolicyArtifact | None:
-    from l2lzo.client import PolicyClient
-    from l2lzo.models import fingerprint, load_model
-
-    # The fingerprint is the base model's (before any scheme adds adapters), like the registry's.
-    base_fingerprint = fingerprint(load_model(config.model).model)
-    # A local folder has no registry id: its policy can only be found by fingerprint.
-    model_id = None if Path(config.model).exists() else config.model
-    with PolicyClient(config.server) as client:
-        return client.fetch(model_id, fingerprint=base_fingerprint, version=config.policy_version)
-
-
 def _finished(cfg: FinetuneConfig, policy_sha256: str | None) -> dict | None:
     """The results of an earlier run of exactly this config and policy, if any; a different one is an error.
 
@@ -134,7 +132,7 @@ def _finished(cfg: FinetuneConfig, policy_sha256: str | None) -> dict | None:
         previous = results["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise L2LZOError(f"{path} is not a results file ({exc}); move it away to rerun that task") from exc
-    expected = {**asdict(cfg), "lr": cfg.resolved_lr()}
+    expected = asdict(cfg)
     changed = sorted(k for k in expected if k != "policy" and previous.get(k) != expected[k])
     if ((results.get("policy") or {}).get("sha256") if cfg.policy else None) != policy_sha256:
         changed.append("policy")

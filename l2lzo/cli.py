@@ -40,9 +40,7 @@ def _add_finetune(sub) -> None:
         "the best checkpoint, and writes a results JSON (config, metrics per eval, test metrics before/after, "
         "peak memory, median step time).", d)
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of: {', '.join(OPTIMIZERS)}")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default depends on optimizer and scheme)")
-    p.add_argument("--eps", type=float, default=d.eps, help="ZO perturbation scale")
+    _add_plan_options(p)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--n-queries", type=int, default=d.n_queries, help="SPSA directions averaged per step")
@@ -57,22 +55,39 @@ def _add_finetune(sub) -> None:
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after this many seconds of training (steps + profiling; evals not counted)")
     p.add_argument("--output", default=None, help="results JSON path (default: results/<run>.json)")
-    _add_policy_options(p.add_argument_group("learned policy (zo-sgd, zo-sgd-mmt, zo-sgd-cons, forward-grad)"))
+    policy = p.add_argument_group("learned policy (zo-sgd, zo-sgd-mmt, zo-sgd-cons, forward-grad)")
+    _add_policy_options(policy, "sigma = 1")
+    policy.add_argument("--compare", action="store_true",
+                        help="also fine-tune with sigma = 1 (same seeds, data, eps, steps; lr: its own validated "
+                             "one, else the policy's) and print both side by side")
     _add_structure_options(p.add_argument_group("structured ZO (ZO optimizers only)"), d)
     p.set_defaults(func=_run_finetune)
 
 
-def _add_policy_options(group) -> None:
+def _add_plan_options(p) -> None:
+    """--lr, --eps and --steps, each: the flag, else the policy's recommendation, else the default
+    (``FinetuneConfig.plan``); the same for finetune and finetune-batch."""
+    from l2lzo.finetune import DEFAULT_EPS, DEFAULT_STEPS
+
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate; not given: the policy's recommendation, else per optimizer and scheme")
+    p.add_argument("--eps", type=float, default=None,
+                   help=f"ZO perturbation scale; not given: the policy's recommendation, else {DEFAULT_EPS}")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimizer steps; not given: the policy's recommendation, else {DEFAULT_STEPS}")
+
+
+def _add_policy_options(group, without: str) -> None:
+    """--policy, --server and --registry: one resolver (``l2lzo.policy_source``) for finetune and finetune-batch."""
     group.add_argument("--policy", default=None, metavar="FILE|MODEL[@VERSION]|auto",
                        help="learned perturbation policy: a .safetensors file, a registry entry, or auto (this "
-                            "model's, else one for its architecture fingerprint; none: sigma = 1 with a warning); "
-                            "without --lr, the policy's recommended lr is used")
+                            "model's if trained for its architecture fingerprint, else the latest one for that "
+                            "fingerprint; none found: sigma = 1 with a warning); its recommended lr, eps and steps "
+                            f"apply unless --lr, --eps, --steps are given; not given: {without}")
     group.add_argument("--server", default=None, help="l2lzo service to fetch the policy from (default: the "
                                                         "local registry)")
     group.add_argument("--registry", default=None, metavar="ROOT",
                        help="local registry (default: $L2LZO_REGISTRY, else $XDG_DATA_HOME/l2lzo/registry)")
-    group.add_argument("--compare", action="store_true",
-                       help="also fine-tune with sigma = 1 (same seeds, data, lr, eps) and print both side by side")
 
 
 def _add_structure_options(group, d: FinetuneConfig) -> None:
@@ -112,9 +127,9 @@ def _run_finetune(args) -> None:
         from l2lzo.compare import compare, comparison_table
 
         config.validate()
-        print(comparison_table(compare(config)))
+        print(comparison_table(compare(config, say=print)))
         return
-    result = finetune(config)
+    result = finetune(config, say=print)
     before, after = result.initial_test["accuracy"], result.final_test["accuracy"]
     print(f"test accuracy {before:.3f} -> {after:.3f} (best dev step {result.best_step}); "
           f"median step {result.median_step_seconds:.3f}s; peak RSS {result.peak_rss_mb:.0f} MiB; "
@@ -129,21 +144,18 @@ def _add_finetune_batch(sub) -> None:
     d = FinetuneConfig()
     p = sub.add_parser(
         "finetune-batch", help="fine-tune one model on many tasks with one optimizer plan",
-        description="Resolve the optimizer once (with --server: fetch and verify the model's policy from an l2lzo "
-                    "service, and apply its recommended lr/eps/steps unless given here), then fine-tune every "
-                    "task. Resumable: tasks whose results exist with the same settings are skipped. Writes "
-                    "results.json, results.md and dev_accuracy.png to --output-dir.",
+        description="Resolve the policy and the optimizer once, as `l2lzo finetune` does (--policy from a file, the "
+                    "local registry or --server; its recommended lr/eps/steps apply unless given here), then "
+                    "fine-tune every task. Resumable: tasks whose results exist with the same settings are skipped. "
+                    "Writes results.json, results.md and dev_accuracy.png to --output-dir.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="built-in alias, local folder or HF id")
     p.add_argument("--tasks", required=True, help="comma-separated task names or local .jsonl/.csv files")
     p.add_argument("--optimizer", default=d.optimizer, help=f"one of: {', '.join(OPTIMIZERS)}")
     p.add_argument("--scheme", default=d.scheme, help=f"one of: {', '.join(SCHEMES)}")
-    p.add_argument("--server", default=None, help="l2lzo service URL to fetch the model's policy from")
-    p.add_argument("--policy-version", default="latest", help="policy version to fetch (with --server)")
-    p.add_argument("--steps", type=int, default=None, help=f"default: the policy's, else {d.steps}")
-    p.add_argument("--lr", type=float, default=None, help="default: the policy's, else per optimizer and scheme")
-    p.add_argument("--eps", type=float, default=None, help=f"default: the policy's, else {d.eps}")
+    _add_plan_options(p)
+    _add_policy_options(p.add_argument_group("learned policy"), "auto with --server, else sigma = 1")
     for name in ("batch_size", "seed", "n_queries", "train_size", "dev_size", "test_size", "eval_every",
                  "max_length"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
@@ -246,8 +258,8 @@ def _run_finetune_batch(args) -> None:
     shared = ("batch_size", "seed", "n_queries", "train_size", "dev_size", "test_size", "eval_every", "max_length")
     config = BatchConfig(
         model=args.model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], optimizer=args.optimizer,
-        scheme=args.scheme, steps=args.steps, lr=args.lr, eps=args.eps, server=args.server,
-        policy_version=args.policy_version, output_dir=args.output_dir, ray=args.ray,
+        scheme=args.scheme, steps=args.steps, lr=args.lr, eps=args.eps, policy=args.policy, server=args.server,
+        registry=args.registry, output_dir=args.output_dir, ray=args.ray,
         finetune={k: getattr(args, k) for k in (*shared, "noise")})
     finetune_batch(config)
 

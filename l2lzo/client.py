@@ -1,12 +1,13 @@
-"""HTTP client for the policy service: fetch a model's policy, cache it by ETag, verify it, degrade gracefully.
+"""HTTP client for the policy service: fetch a version or resolve a fingerprint, cache by ETag, verify, degrade
+gracefully.
 
 - A download is kept only if its sha256 equals the server's ETag; cached files are re-hashed on every use.
 - The cache is revalidated with ``If-None-Match`` (a 304 costs no download).
-- A model without its own policy is looked up by architecture fingerprint, so a derivative finds its base's.
-- Server down: the cached copy is used, with a ``PolicyWarning``. No policy (or one trained for another
-  architecture): ``None`` with a ``PolicyWarning``, and the caller runs MeZO (sigma = 1).
+- Server down: the cached copy is used, with a ``PolicyWarning``; without one, a one-line ``L2LZOError``.
 
-This module talks HTTP only; it never imports the service or the registry.
+Which policy a job runs (its own, else one for its fingerprint, and what a mismatch means) is decided in
+``l2lzo.policy_source``, by the same rule as for a local registry; this module only answers its two questions.
+It talks HTTP only; it never imports the service or the registry.
 """
 
 from __future__ import annotations
@@ -51,30 +52,6 @@ class PolicyClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def fetch(self, model: str | None, *, fingerprint: str | None = None, version: int | str = "latest"
-              ) -> PolicyArtifact | None:
-        """The verified policy for ``model`` (or, failing that, for its ``fingerprint``), or ``None``.
-
-        ``model`` None (e.g. a local model folder, which has no registry id) looks up by fingerprint only.
-        A pinned ``version`` that does not exist is an error; a model with no policy at all is not.
-        """
-        if model is None and not fingerprint:
-            raise ValueError("give a model id, a fingerprint, or both")
-        artifact = self._fetch_version(model, version) if model is not None else None
-        if artifact is None and fingerprint and version == "latest":
-            artifact = self._fetch_by_fingerprint(fingerprint)
-        if artifact is None:
-            what = repr(model) if model is not None else f"fingerprint {fingerprint[:12]}..."
-            warnings.warn(f"no policy for {what} on {self.server}: falling back to {MEZO_SIGMA}",
-                          PolicyWarning, stacklevel=2)
-            return None
-        if fingerprint and artifact.fingerprint != fingerprint:
-            warnings.warn(f"policy {artifact.label()} was trained for fingerprint {artifact.fingerprint}, "
-                          f"but this model's is {fingerprint}: not using it, falling back to {MEZO_SIGMA}",
-                          PolicyWarning, stacklevel=2)
-            return None
-        return artifact
-
     def upload(self, model: str, data: bytes, token: str) -> dict:
         """Store ``data`` as a new version of ``model`` on the service; its record (model, version, sha256...)."""
         url = f"/v1/models/{quote(model, safe='/')}/versions"
@@ -87,7 +64,11 @@ class PolicyClient:
             raise L2LZOError(f"{self.server} refused the upload: {response.status_code} {_error_message(response)}")
         return response.json()
 
-    def _fetch_version(self, model: str, version: int | str) -> PolicyArtifact | None:
+    def fetch_version(self, model: str, version: int | str = "latest") -> PolicyArtifact | None:
+        """The verified artifact of ``model`` at ``version``; None when the model has no policy at all (``latest``).
+
+        A pinned ``version`` that does not exist is an ``L2LZOError``.
+        """
         entry = _CacheEntry(self.cache / quote(model, safe="") / str(version))
         cached = entry.read()
         headers = {"If-None-Match": f'"{cached["sha256"]}"'} if cached else {}
@@ -116,7 +97,8 @@ class PolicyClient:
                   "sha256": digest}
         return entry.artifact(entry.write(response.content, record))
 
-    def _fetch_by_fingerprint(self, fingerprint: str) -> PolicyArtifact | None:
+    def fetch_by_fingerprint(self, fingerprint: str) -> PolicyArtifact | None:
+        """The verified latest artifact trained for ``fingerprint`` (any model: ``/v1/resolve``), or None."""
         pointer = _CacheEntry(self.cache / "by-fingerprint" / fingerprint)
         try:
             response = self._http.get("/v1/resolve", params={"fingerprint": fingerprint})
@@ -126,7 +108,7 @@ class PolicyClient:
             if known is None:
                 raise L2LZOError(f"cannot reach {self.server} ({exc}), and no cached policy for fingerprint "
                                  f"{fingerprint[:12]}...; run without --server to use {MEZO_SIGMA}") from exc
-            return self._fetch_version(known["model"], known["version"])
+            return self.fetch_version(known["model"], known["version"])
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -134,7 +116,7 @@ class PolicyClient:
                              f"{response.status_code} {_error_message(response)}")
         record = response.json()
         pointer.write_pointer({"model": record["model"], "version": int(record["version"])})
-        return self._fetch_version(record["model"], int(record["version"]))
+        return self.fetch_version(record["model"], int(record["version"]))
 
     def _offline(self, model, version, entry: _CacheEntry, cached: dict | None, why: str) -> PolicyArtifact:
         if not cached:

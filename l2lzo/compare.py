@@ -22,12 +22,13 @@ class Comparison:
     lr_sources: dict[str, str]
 
 
-def compare(config: FinetuneConfig, progress: bool = True) -> Comparison:
-    """Fine-tune with ``config.policy``, then with sigma = 1 at its own validated lr (see the module docstring)."""
+def compare(config: FinetuneConfig, progress: bool = True, say=None) -> Comparison:
+    """Fine-tune with ``config.policy``, then with sigma = 1 at its own validated lr (see the module docstring),
+    with the eps and steps the policy arm resolved. ``say`` gets each arm's plan (``finetune``)."""
     if not config.policy:
         raise L2LZOError("--compare needs --policy: it runs the policy and sigma = 1 side by side")
     stem = config.output_path().with_suffix("")
-    learned = finetune(replace(config, output=f"{stem}.policy.json"), progress=progress)
+    learned = finetune(replace(config, output=f"{stem}.policy.json"), progress=progress, say=say)
     if learned.policy is None:
         raise L2LZOError("no learned policy was found for this model, so there is nothing to compare")
     sigma1_lr = learned.policy.get("recommended_lr_sigma1")
@@ -39,7 +40,8 @@ def compare(config: FinetuneConfig, progress: bool = True) -> Comparison:
         lr = learned.config["lr"]
         sources = {"policy": "policy's validation",
                    "sigma=1": "the policy's lr (this artifact records no validated lr for sigma = 1)"}
-    mezo = finetune(replace(config, policy=None, lr=lr, output=f"{stem}.sigma1.json"), progress=progress)
+    mezo = finetune(replace(config, policy=None, lr=lr, eps=learned.config["eps"], steps=learned.config["steps"],
+                            output=f"{stem}.sigma1.json"), progress=progress, say=say)
     return Comparison({"policy": learned, "sigma=1": mezo}, sources)
 
 

@@ -8,7 +8,7 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from l2lzo.noise import check_noise
 from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries, check_unit_interval
 from l2lzo.optim.zeroth_order import SigmaHook
-from l2lzo.policy import PolicyArtifact
+from l2lzo.policy import OptimizerPlan, PolicyArtifact, resolve_plan
 from l2lzo.policy_net import LearnedSigma
 from l2lzo.policy_source import parse_policy_spec, resolve_policy
 from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
@@ -40,6 +40,14 @@ DEFAULT_LR = {
     ("zo", "full"): 5e-5, ("zo", "lora"): 3e-3, ("zo", "prefix"): 1e-2, ("zo", "prompt"): 1e-2,
     ("fo", "full"): 1e-4, ("fo", "lora"): 1e-3, ("fo", "prefix"): 1e-2, ("fo", "prompt"): 1e-2,
 }
+DEFAULT_EPS = 1e-3
+DEFAULT_STEPS = 400
+
+
+def default_lr(optimizer: str, scheme: str) -> float:
+    """``DEFAULT_LR`` for the optimizer's kind (ZO or FO) and the scheme."""
+    kind = "zo" if optimizer.lower() in ZERO_ORDER else "fo"
+    return DEFAULT_LR[(kind, scheme)]
 
 
 @dataclass
@@ -50,9 +58,11 @@ class FinetuneConfig:
     task: str = "polarity"
     optimizer: str = "zo-sgd"
     scheme: str = "full"
-    steps: int = 400
-    lr: float | None = None  # None: DEFAULT_LR for (optimizer kind, scheme)
-    eps: float = 1e-3
+    # lr, eps and steps: None (not given) means the policy's recommendation, else the default (DEFAULT_LR for
+    # the optimizer kind and scheme, DEFAULT_EPS, DEFAULT_STEPS); see ``plan``.
+    steps: int | None = None
+    lr: float | None = None
+    eps: float | None = None
     batch_size: int = 16
     seed: int = 0
     n_queries: int = 1
@@ -77,19 +87,16 @@ class FinetuneConfig:
     profile_batches: int = 4
     profile_metric: str = "taylor"
     # The learned perturbation policy (l2lzo.policy_source): FILE, MODEL[@VERSION] or auto; None: sigma = 1.
-    # Without --lr, a policy's recommended lr is used.
     policy: str | None = None
     server: str | None = None  # policy service URL (else the local registry)
     registry: str | None = None  # local registry root (default: $L2LZO_REGISTRY, else the XDG data dir)
 
-    def resolved_lr(self, policy: PolicyArtifact | None = None) -> float:
-        """--lr, else the policy's recommended lr, else ``DEFAULT_LR`` for (optimizer kind, scheme)."""
-        if self.lr is not None:
-            return self.lr
-        if policy is not None:
-            return policy.recommended()["lr"]
-        kind = "zo" if self.optimizer.lower() in ZERO_ORDER else "fo"
-        return DEFAULT_LR[(kind, self.scheme)]
+    def plan(self, policy: PolicyArtifact | None = None) -> OptimizerPlan:
+        """This run's lr, eps and steps with ``policy`` and where each came from (``l2lzo.policy.resolve_plan``:
+        the flag, else the policy's recommendation, else l2lzo's default)."""
+        return resolve_plan(self.optimizer, lr=self.lr, eps=self.eps, steps=self.steps, policy=policy,
+                            default_lr=default_lr(self.optimizer, self.scheme), default_eps=DEFAULT_EPS,
+                            default_steps=DEFAULT_STEPS)
 
     def resolved_fo_lr(self) -> float:
         return self.hybrid_fo_lr if self.hybrid_fo_lr is not None else DEFAULT_LR[("fo", self.scheme)]
@@ -114,8 +121,9 @@ class FinetuneConfig:
         """
         optimizer_class(self.optimizer)
         check_scheme(self.scheme)
-        check_lr(self.resolved_lr())
-        check_eps(self.eps)
+        plan = self.plan()  # a policy's own recommendations are checked when it loads
+        check_lr(plan.lr)
+        check_eps(plan.eps)
         check_n_queries(self.n_queries)
         check_noise(self.noise)
         self.sparsity_config()  # its own checks
@@ -132,7 +140,7 @@ class FinetuneConfig:
         check_unit_interval("hybrid FO lr", self.resolved_fo_lr())
         check_choice("importance metric", self.profile_metric, METRICS)
         checks = [
-            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (plan.steps >= 1, f"--steps must be >= 1, got {plan.steps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
@@ -225,11 +233,13 @@ class BestCheckpoint:
 
 
 def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: TaskSplits | None = None,
-             progress: bool = True, sigma_hook: SigmaHook | None = None) -> FinetuneResult:
+             progress: bool = True, sigma_hook: SigmaHook | None = None, say=None) -> FinetuneResult:
     """Run one fine-tune and write its results JSON (and best checkpoint beside it).
 
     ``loaded`` / ``splits`` may be given to reuse an already loaded model or task (tests, batch jobs).
     ``sigma_hook`` (instead of ``config.policy``) perturbs with any per-step sigma, e.g. a static baseline.
+    ``say``, when given, is called with the resolved plan (lr, eps, steps and where each came from) before
+    training; the results JSON records the resolved values in ``config``.
     """
     if sigma_hook is not None and config.policy:
         raise L2LZOError("give a policy or a sigma hook, not both")
@@ -243,18 +253,21 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         raise L2LZOError(f"task {config.task!r} has too few examples for train and dev splits")
     loaded = loaded or load_model(config.model)
     policy = resolve_run_policy(config, loaded)
+    plan = config.plan(policy)
+    if say is not None:
+        say(f"plan: {plan.describe()}")
+    config = replace(config, lr=plan.lr, eps=plan.eps, steps=plan.steps)
     if config.sparse_mask:  # made for the base model: its fingerprint is checked before the scheme applies
         SensitivityMask.from_file(config.sparse_mask).check_fingerprint(fingerprint(loaded.model))
     loaded = apply_scheme(loaded, config.scheme)
     model = loaded.model
     scorer = Scorer(loaded, max_length=config.max_length)
-    lr = config.resolved_lr(policy)
     optimizer, structure, sigma_policy = build_run_optimizer(config, scorer, splits.train, policy, sigma_hook)
     profile_seconds = structure.get("profile_seconds", 0.0)
     out_path = config.output_path()
     checkpoint = BestCheckpoint(out_path.with_suffix(".best.safetensors"))
     result = FinetuneResult(
-        config={**asdict(config), "lr": lr},
+        config=asdict(config),
         model_fingerprint=fingerprint(model),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         task_source=splits.info.source,
@@ -313,13 +326,15 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     return result
 
 
-def resolve_run_policy(config: FinetuneConfig, loaded: LoadedModel) -> PolicyArtifact | None:
-    """The policy ``config.policy`` names for ``loaded`` (the base model, before the scheme); None: sigma = 1.
+def resolve_run_policy(config: FinetuneConfig, loaded: LoadedModel | None = None) -> PolicyArtifact | None:
+    """The policy ``config.policy`` names for ``loaded`` (the base model, before the scheme; loaded here when not
+    given); None: sigma = 1.
 
     One-line errors for a bad name or a fingerprint mismatch; a ``PolicyWarning`` when ``auto`` finds none.
     """
     if not config.policy:
         return None
+    loaded = loaded or load_model(config.model)
     # A local folder has no registry id: its policy can only be found by its architecture fingerprint.
     model_id = None if Path(config.model).expanduser().exists() else config.model
     return resolve_policy(config.policy, model_id=model_id, fingerprint=fingerprint(loaded.model),
@@ -351,15 +366,15 @@ def build_run_optimizer(config: FinetuneConfig, scorer: Scorer, train: list[Exam
         fo_blocks = [b for name in fo_groups for b in groups[name]]
         structure = {"fo_groups": fo_groups, "fo_parameters": sum(b.numel for b in fo_blocks),
                      "profile_seconds": profile_seconds, "profile": profile_records(profile)}
-    lr = config.resolved_lr(policy)
-    check_lr(lr)
-    optimizer = build_optimizer(config.optimizer, scorer.loaded.model, lr=lr, eps=config.eps,
+    plan = config.plan(policy)
+    check_lr(plan.lr)
+    optimizer = build_optimizer(config.optimizer, scorer.loaded.model, lr=plan.lr, eps=plan.eps,
                                 n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
                                 sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
                                 fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
                                 noise=config.noise)
     network = policy.network() if policy is not None else None
-    sigma_policy = LearnedSigma(network, config.scheme, total_steps=config.steps) if network is not None else None
+    sigma_policy = LearnedSigma(network, config.scheme, total_steps=plan.steps) if network is not None else None
     if sigma_policy is not None or sigma_hook is not None:
         optimizer.set_sigma_hook(sigma_policy or sigma_hook)
     return optimizer, structure, sigma_policy

@@ -141,10 +141,10 @@ class PolicyArtifact:
 
 @dataclass(frozen=True)
 class OptimizerPlan:
-    """The optimizer a downstream job resolved once, and where each of its hyperparameters came from."""
+    """The optimizer a run resolved, its lr / eps / steps and where each came from, and the policy it runs."""
 
     optimizer: str
-    lr: float | None  # None: the fine-tune loop's default for (optimizer, scheme)
+    lr: float
     eps: float
     steps: int
     policy: PolicyArtifact | None
@@ -157,23 +157,28 @@ class OptimizerPlan:
         return MEZO_SIGMA
 
     def describe(self) -> str:
+        """One line: the values, where each came from, the policy and the perturbation."""
         where = ", ".join(f"{k} from {v}" for k, v in self.sources.items())
         origin = f"policy {self.policy.label()}" if self.policy else "no policy"
-        return (f"{self.optimizer}: lr={self.lr if self.lr is not None else 'default'} eps={self.eps} "
-                f"steps={self.steps} ({where}); {origin}; perturbation {self.perturbation}")
+        return (f"{self.optimizer}: lr={self.lr} eps={self.eps} steps={self.steps} ({where}); {origin}; "
+                f"perturbation {self.perturbation}")
 
     def summary(self) -> dict:
+        """What a results file records about the plan."""
         return {"optimizer": self.optimizer, "lr": self.lr, "eps": self.eps, "steps": self.steps,
                 "sources": dict(self.sources), "perturbation": self.perturbation,
                 "policy": self.policy.summary() if self.policy else None}
 
 
 def resolve_plan(optimizer: str, *, lr: float | None, eps: float | None, steps: int | None,
-                 policy: PolicyArtifact | None, default_eps: float, default_steps: int) -> OptimizerPlan:
-    """Explicit flags win, then the policy's recommendations, then l2lzo's defaults."""
+                 policy: PolicyArtifact | None, default_lr: float, default_eps: float,
+                 default_steps: int) -> OptimizerPlan:
+    """The one rule for lr, eps and steps, each on its own: the explicit flag (not None) wins, then the policy's
+    recommendation, then the default. ``FinetuneConfig.plan`` supplies the defaults for finetune and
+    finetune-batch alike."""
     recommended = policy.recommended() if policy else {}
     values, sources = {}, {}
-    for name, flag, default in (("lr", lr, None), ("eps", eps, default_eps), ("steps", steps, default_steps)):
+    for name, flag, default in (("lr", lr, default_lr), ("eps", eps, default_eps), ("steps", steps, default_steps)):
         if flag is not None:
             values[name], sources[name] = flag, "flag"
         elif name in recommended:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from l2lzo.errors import ConfigError
-from l2lzo.finetune import DEFAULT_LR
+from l2lzo.finetune import default_lr
 from l2lzo.noise import check_noise
 from l2lzo.optim.hyperparameters import check_eps, check_lr
 from l2lzo.policy_net import PolicyConfig
@@ -106,7 +106,10 @@ class MetaTrainConfig:
     push: bool = True
 
     def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[("zo", self.scheme)]
+        """The look-ahead's ZO-SGD lr: ``lr``, else l2lzo's default for ZO-SGD on the scheme. There is no policy
+        step here (meta-training is what makes the recommendation), so only the default is shared with
+        ``FinetuneConfig.plan``."""
+        return self.lr if self.lr is not None else default_lr("zo-sgd", self.scheme)
 
     def resolved_lr_grid(self) -> list[float]:
         return list(self.lr_grid) if self.lr_grid else [self.resolved_lr()]

@@ -1,5 +1,5 @@
-"""The policy client against a real uvicorn server: fetch, ETag cache, fingerprint fallback, offline, errors;
-and finetune-batch resolving its plan from a live server."""
+"""The policy client against a real uvicorn server: fetch a version or a fingerprint, ETag cache, offline, errors;
+and finetune-batch resolving its plan from a live server (which policy is chosen: tests/test_policy_source.py)."""
 
 from __future__ import annotations
 
@@ -50,58 +50,56 @@ def test_fetch_verifies_caches_and_revalidates_by_etag(registry, server, tmp_pat
     first = registry.push(make_artifact("smollm2-135m", seed=1), "smollm2-135m").record
     transport = Recording()
     with client_for(server, tmp_path, transport) as client:
-        artifact = client.fetch("smollm2-135m", fingerprint=FINGERPRINT)
+        artifact = client.fetch_version("smollm2-135m")
         assert (artifact.model, artifact.version, artifact.sha256) == ("smollm2-135m", 1, first.sha256)
         assert artifact.recommended() == {"lr": 0.001, "eps": 0.001, "steps": 500}
         assert hashlib.sha256(artifact.path.read_bytes()).hexdigest() == first.sha256
-        again = client.fetch("smollm2-135m", fingerprint=FINGERPRINT)
+        again = client.fetch_version("smollm2-135m")
         assert again.sha256 == first.sha256
         second = registry.push(make_artifact("smollm2-135m", seed=2, recommended_lr="0.002"), "smollm2-135m").record
-        newest = client.fetch("smollm2-135m", fingerprint=FINGERPRINT)
+        newest = client.fetch_version("smollm2-135m")
     assert transport.statuses == [200, 304, 200]
     assert (newest.version, newest.sha256, newest.recommended()["lr"]) == (2, second.sha256, 0.002)
 
 
-def test_a_derivative_finds_its_base_policy_by_fingerprint(registry, server, tmp_path):
+def test_a_fingerprint_finds_the_policy_of_any_model_trained_for_it(registry, server, tmp_path):
     base = registry.push(make_artifact("smollm2-135m"), "smollm2-135m").record
     with client_for(server, tmp_path) as client:
-        artifact = client.fetch("my-org/smollm2-135m-finetuned", fingerprint=FINGERPRINT)
-    assert (artifact.model, artifact.sha256) == ("smollm2-135m", base.sha256)
+        artifact = client.fetch_by_fingerprint(FINGERPRINT)
+    assert (artifact.model, artifact.version, artifact.sha256) == ("smollm2-135m", 1, base.sha256)
 
 
-def test_no_policy_or_another_architecture_falls_back_to_mezo(registry, server, tmp_path):
+def test_a_model_or_fingerprint_without_a_policy_is_none_not_an_error(registry, server, tmp_path):
     registry.push(make_artifact("smollm2-135m"), "smollm2-135m")
     with client_for(server, tmp_path) as client:
-        with pytest.warns(PolicyWarning, match=r"no policy for 'minilm-l6'.*sigma = 1"):
-            assert client.fetch("minilm-l6", fingerprint=OTHER_FINGERPRINT) is None
-        with pytest.warns(PolicyWarning, match="trained for fingerprint"):
-            assert client.fetch("smollm2-135m", fingerprint=OTHER_FINGERPRINT) is None
+        assert client.fetch_version("minilm-l6") is None
+        assert client.fetch_by_fingerprint(OTHER_FINGERPRINT) is None
 
 
 def test_server_down_uses_the_cache_with_a_warning_and_fails_without_one(registry, tmp_path):
     record = registry.push(make_artifact("smollm2-135m"), "smollm2-135m").record
     with serving(create_app(registry, token=None)) as url, client_for(url, tmp_path) as client:
-        client.fetch("smollm2-135m")
-        client.fetch(None, fingerprint=FINGERPRINT)  # a local folder: by fingerprint only
+        client.fetch_version("smollm2-135m")
+        client.fetch_by_fingerprint(FINGERPRINT)
     with client_for(url, tmp_path) as client:  # the server is gone now
         with pytest.warns(PolicyWarning, match="cannot reach .* using the cached policy smollm2-135m@1"):
-            cached = client.fetch("smollm2-135m")
+            cached = client.fetch_version("smollm2-135m")
         assert cached.sha256 == record.sha256
         with pytest.warns(PolicyWarning, match="using the cached policy"):
-            assert client.fetch(None, fingerprint=FINGERPRINT).sha256 == record.sha256
+            assert client.fetch_by_fingerprint(FINGERPRINT).sha256 == record.sha256
         with pytest.raises(L2LZOError, match="no cached policy for fingerprint"):
-            client.fetch(None, fingerprint=OTHER_FINGERPRINT)
+            client.fetch_by_fingerprint(OTHER_FINGERPRINT)
         with pytest.raises(L2LZOError, match="no cached policy for 'minilm-l6'"):
-            client.fetch("minilm-l6")
+            client.fetch_version("minilm-l6")
 
 
 def test_a_damaged_cache_entry_is_fetched_again(registry, server, tmp_path):
     registry.push(make_artifact("smollm2-135m"), "smollm2-135m")
     transport = Recording()
     with client_for(server, tmp_path, transport) as client:
-        artifact = client.fetch("smollm2-135m")
+        artifact = client.fetch_version("smollm2-135m")
         artifact.path.write_bytes(b"bit rot")
-        again = client.fetch("smollm2-135m")
+        again = client.fetch_version("smollm2-135m")
     assert transport.statuses == [200, 200]
     assert hashlib.sha256(again.path.read_bytes()).hexdigest() == again.sha256
 
@@ -115,14 +113,14 @@ def test_a_download_that_does_not_match_its_etag_is_rejected(tmp_path):
 
     with client_for("http://policies.test", tmp_path, httpx.MockTransport(handler)) as client, \
             pytest.raises(L2LZOError, match="corrupt"):
-        client.fetch("smollm2-135m")
+        client.fetch_version("smollm2-135m")
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
 
 
 def test_a_missing_pinned_version_is_an_error_not_a_fallback(registry, server, tmp_path):
     registry.push(make_artifact("smollm2-135m"), "smollm2-135m")
     with client_for(server, tmp_path) as client, pytest.raises(L2LZOError, match=r"404|no version|not found"):
-        client.fetch("smollm2-135m", version=7)
+        client.fetch_version("smollm2-135m", version=7)
 
 
 def test_finetune_batch_applies_the_served_policy_recommendations(registry, server, tiny_causal_dir, tmp_path,

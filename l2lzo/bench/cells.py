@@ -4,10 +4,11 @@ Settings are ``FinetuneConfig`` fields (read from the dataclass, so a field adde
 without any change here) plus ``cpus``, the CPUs a cell gets (and its torch thread count). ``output`` is the
 bench's business and cannot be set.
 
-The key hashes the cell's *full* config: every ``FinetuneConfig`` field after defaults (``lr`` resolved), the
-kind and ``cpus``. A string setting that names an existing file or folder counts by its content: its sha256
-enters the key instead of its path, so an edited task file or a retrained policy file is a new cell, and moving
-a file is not. Other strings (built-in names, registry refs such as ``MODEL@3``, ``auto``) enter as they are.
+The key hashes the cell's *full* config: every ``FinetuneConfig`` field after defaults (``lr``, ``eps`` and
+``steps`` resolved), the kind and ``cpus``. A string setting that names an existing file or folder counts by its
+content: its sha256 enters the key instead of its path, so an edited task file or a retrained policy file is a
+new cell, and moving a file is not. Other strings (built-in names, registry refs such as ``MODEL@3``, ``auto``)
+enter as they are.
 Fields whose value is ``None`` are left out of the key, so a new optional field keeps existing keys valid.
 """
 
@@ -129,7 +130,9 @@ def make_cell(kind: str, settings: dict, labels: dict[str, str], digests: dict[s
                 digests[value] = content_sha256(Path(value))
             refs[name] = {"file": Path(value).name, "sha256": digests[value]}
     config = finetune_config(settings)
-    full = {**asdict(config), "lr": None if config.optimizer == INFERENCE else config.resolved_lr(), **refs}
+    plan = config.plan()  # no policy is loaded here: a cell names its policy, whose content is in ``refs``
+    full = {**asdict(config), "lr": None if config.optimizer == INFERENCE else plan.lr, "eps": plan.eps,
+            "steps": plan.steps, **refs}
     full = {k: v for k, v in full.items() if v is not None and k != "output"}
     full[CPUS] = settings.get(CPUS, 1)
     blob = json.dumps({"kind": kind, "config": full}, sort_keys=True)

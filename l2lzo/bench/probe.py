@@ -55,6 +55,7 @@ def measure(config: FinetuneConfig) -> dict:
     from l2lzo.finetune import build_run_optimizer
 
     scorer, train, batch, policy = _setup(config)
+    timed = config.plan(policy).steps  # the flag, else the policy's, else the default (one rule everywhere)
 
     def forward() -> None:
         with torch.no_grad():
@@ -62,13 +63,13 @@ def measure(config: FinetuneConfig) -> dict:
 
     model = scorer.loaded.model
     out = {"batch_size": config.batch_size, "tokens_per_row": int(batch.inputs["input_ids"].shape[-1]),
-           "timed_steps": config.steps,
+           "timed_steps": timed,
            "threads": torch.get_num_threads(),
            "total_parameters": sum(p.numel() for p in model.parameters()),
            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     forward()  # warm-up: lazy initialisation and allocator pools
     reset_peak_rss()
-    forwards = _timed(forward, config.steps)
+    forwards = _timed(forward, timed)
     out["inference_peak_rss_mib"] = peak_rss_mib()
     if config.optimizer == INFERENCE:
         steps = forwards
@@ -86,7 +87,7 @@ def measure(config: FinetuneConfig) -> dict:
 
         step()  # warm-up: optimizer state (Adam moments, momentum, masks) is allocated on the first step
         reset_peak_rss()
-        pairs = [(_timed(step, 1)[0], _timed(forward, 1)[0]) for _ in range(config.steps)]
+        pairs = [(_timed(step, 1)[0], _timed(forward, 1)[0]) for _ in range(timed)]
         out["peak_rss_mib"] = peak_rss_mib()
         steps, forwards = [p[0] for p in pairs], [p[1] for p in pairs]
         engine = getattr(getattr(optimizer, "zo", optimizer), "engine", None)  # ZO, or hybrid's ZO half
