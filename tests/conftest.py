@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny models built from configs, and a hermetic environment for every fast test."""
+"""Shared fixtures: tiny models built from configs, and a hermetic environment for every test.
+
+Every test gets fresh, empty folders of its own for l2lzo's cache and registry, the XDG folders, matplotlib and
+the HF home (with the hub, datasets and token paths of HF libraries already imported), and runs with the HF
+libraries offline (tests/hermetic.py). A fast test also runs under the audit hook that refuses any access to
+the real caches and any connection beyond this machine. Slow and smoke tests keep only the real l2lzo cache
+(the models unpacked from their wheels, the prepared task data) and may use the package index.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +22,12 @@ from l2lzo.tasks import Example  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _hermetic(request, monkeypatch, tmp_path_factory):
-    """Fast tests get their own caches and may touch neither the real ones nor the network (see
-    tests/hermetic.py); slow and smoke tests use the real model packages and prepare their data themselves."""
+    """Each test gets its own caches (see the module docstring and tests/hermetic.py); a fast test may touch
+    neither the real ones nor the network. Slow and smoke tests keep the real l2lzo cache, nothing else."""
     guard = hermetic.guard()  # first call: the real roots, read before any test changes the environment
     real = request.node.get_closest_marker("slow") or request.node.get_closest_marker("smoke")
     if real:
+        hermetic.isolate(monkeypatch, tmp_path_factory.mktemp("env"), keep=hermetic.REAL_DATA_ENV)
         yield
         return
     hermetic.isolate(monkeypatch, tmp_path_factory.mktemp("env"))

@@ -33,6 +33,27 @@ ISOLATED_ENV = {
 }
 
 
+# Variables that move one HF cache (or the token) away from HF_HOME: pointing HF_HOME at a temporary folder does
+# not isolate a test from the caches these name, so the session drops them (and guards the folders they named).
+HF_REDIRECTS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE",
+                "HF_XET_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "HF_TOKEN_PATH",
+                "HF_TOKEN")
+# The HF libraries read their cache folders once, at import: per test, the ones already imported are pointed at
+# the test's own HF home (module, attribute, folder under that home).
+HF_CACHE_ATTRIBUTES = (
+    ("huggingface_hub.constants", "HF_HOME", ""),
+    ("huggingface_hub.constants", "HF_HUB_CACHE", "hub"),
+    ("huggingface_hub.constants", "HUGGINGFACE_HUB_CACHE", "hub"),
+    ("huggingface_hub.constants", "HF_ASSETS_CACHE", "assets"),
+    ("huggingface_hub.constants", "HF_XET_CACHE", "xet"),
+    ("huggingface_hub.constants", "HF_TOKEN_PATH", "token"),
+    ("huggingface_hub.constants", "HF_STORED_TOKENS_PATH", "stored_tokens"),
+    ("datasets.config", "HF_CACHE_HOME", ""),
+    ("datasets.config", "HF_DATASETS_CACHE", "datasets"),
+    ("datasets.config", "HF_MODULES_CACHE", "modules"),
+)
+
+
 class HermeticityError(AssertionError):
     """A fast test read the real cache or reached the network."""
 
@@ -44,6 +65,7 @@ def real_roots() -> list[Path]:
     xdg_cache = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")
     roots = [cache_dir(), Path(os.environ.get("L2LZO_REGISTRY") or xdg_data / "l2lzo" / "registry"),
              Path(os.environ.get("HF_HOME") or xdg_cache / "huggingface")]
+    roots += [Path(os.environ[name]) for name in HF_REDIRECTS if name != "HF_TOKEN" and os.environ.get(name)]
     return [r.expanduser().resolve() for r in roots]
 
 
@@ -122,6 +144,8 @@ def start_session() -> Guard:
     if _GUARD is None:
         _GUARD = Guard(real_roots())
         sys.addaudithook(_GUARD)
+        for name in HF_REDIRECTS:
+            os.environ.pop(name, None)
         os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="l2lzo-test-hf-")
         os.environ["HF_HUB_OFFLINE"] = "1"
     return _GUARD
@@ -132,9 +156,24 @@ def guard() -> Guard:
     return start_session()
 
 
-def isolate(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
-    """Point every cache and data folder at ``tmp`` and keep the HF libraries off the hub."""
+# What a slow or smoke test keeps of the real environment: l2lzo's cache, where the models unpacked from their
+# wheels and the prepared task data live (cache_dir() reads L2LZO_CACHE_DIR, else XDG_CACHE_HOME).
+REAL_DATA_ENV = ("L2LZO_CACHE_DIR", "XDG_CACHE_HOME")
+
+
+def isolate(monkeypatch: pytest.MonkeyPatch, tmp: Path, keep: tuple[str, ...] = ()) -> None:
+    """Point every cache and data folder but those named in ``keep`` at ``tmp`` (a fresh folder per test) and keep
+    the HF libraries off the hub: the environment, and the cache paths that HF libraries imported earlier have
+    already read from it."""
     for name, sub in ISOLATED_ENV.items():
-        monkeypatch.setenv(name, str(tmp / sub))
+        if name not in keep:
+            monkeypatch.setenv(name, str(tmp / sub))
+    hf_home = tmp / ISOLATED_ENV["HF_HOME"]
+    for module, attribute, sub in HF_CACHE_ATTRIBUTES:
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, attribute):
+            old = getattr(loaded, attribute)
+            new = hf_home / sub if sub else hf_home
+            monkeypatch.setattr(loaded, attribute, new if isinstance(old, Path) else str(new))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import logging
@@ -243,18 +242,33 @@ def test_parse_never_fails_unexpectedly_on_random_bytes(data):
 
 
 _VALID = make_artifact(numbers=8)
+_VALID_INFO = parse_artifact(_VALID)
+_HEADER_END = 8 + int.from_bytes(_VALID[:8], "little")  # the 8-byte length, then the JSON header, then the data
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, len(_VALID) - 1), st.integers(1, 255), st.integers(0, len(_VALID)))
+@given(st.one_of(st.integers(0, 7), st.integers(8, _HEADER_END - 1), st.integers(_HEADER_END, len(_VALID) - 1)),
+       st.integers(0, 255), st.one_of(st.none(), st.integers(0, len(_VALID) - 1)))
 def test_parse_never_fails_unexpectedly_on_damaged_artifacts(position, xor, cut):
-    damaged = bytearray(_VALID[:cut] if cut < len(_VALID) else _VALID)
+    """A flipped byte in the length, the header text or the data (each region drawn as often), maybe a cut."""
+    damaged = bytearray(_VALID if cut is None else _VALID[:cut])
     if position < len(damaged):
         damaged[position] ^= xor
-    # Damage to metadata text can leave a valid file (the data sha256 does not cover the header; the whole-file
-    # sha256 does, as the ETag); any other outcome must be InvalidArtifact, never another exception.
-    with contextlib.suppress(InvalidArtifact):
-        parse_artifact(bytes(damaged))
+    changed = bytes(damaged) != _VALID
+    in_header_text = cut is None and 8 <= position < _HEADER_END
+    if changed and not in_header_text:  # a cut file, a damaged length or damaged tensor data: always refused
+        with pytest.raises(InvalidArtifact):
+            parse_artifact(bytes(damaged))
+        return
+    # Damage to the header's text can leave a valid file (JSON padding, a metadata value): the data sha256 does
+    # not cover the header; the whole-file sha256 does (the ETag). What such a file holds is still the original
+    # tensors, byte for byte; any other outcome must be InvalidArtifact, never another exception.
+    try:
+        info = parse_artifact(bytes(damaged))
+    except InvalidArtifact:
+        return
+    assert info.data_sha256 == _VALID_INFO.data_sha256 and info.tensors == _VALID_INFO.tensors
+    assert (info.file_sha256 != _VALID_INFO.file_sha256) == changed
 
 
 # -- model ids ---------------------------------------------------------------------------------------------------

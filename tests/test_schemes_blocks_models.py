@@ -84,6 +84,15 @@ def test_fingerprint_depends_on_architecture_not_values():
     assert fingerprint(a) == fingerprint(b)
 
 
+def test_fingerprint_formula_is_pinned():
+    """Stored policies are keyed by this hash: sha256 of the sorted "name:shape:dtype" lines of the state dict.
+    Any change to the formula orphans every policy in every registry, so it must show up here (the smoke tests
+    pin the real models' values)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    model[1].to(torch.float16)
+    assert fingerprint(model) == "76f4c35d7a703f8d52d7f71dab3f89e18697a68952e5336d2d1a3430d64e45a4"
+
+
 def test_unknown_model_fails_fast_with_one_line(tmp_path):
     with pytest.raises(L2LZOError, match="cannot be loaded") as info:
         load_model("no-such-org/no-such-model")

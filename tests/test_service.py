@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import http.client
 import json
@@ -407,6 +408,9 @@ def _read_until_closed(sock: socket.socket, began: float, limit: float) -> tuple
 
 
 HEADER_TIMEOUT, BODY_TIMEOUT = 0.5, 1.5
+# How late a closing may come on a loaded 2-core CI machine. Being late is load; closing early (before the
+# deadline) or never (the reader's own limit) is the mechanism broken, so those bounds stay tight.
+LATE = 5.0
 
 
 def test_stalled_connections_are_closed_within_the_configured_time(registry):
@@ -422,35 +426,51 @@ def test_stalled_connections_are_closed_within_the_configured_time(registry):
     }
     with serving(app, header_timeout=HEADER_TIMEOUT) as url:
         address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
-        sockets = {}
-        for name, data in stalls.items():
-            sockets[name] = (socket.create_connection(address), time.monotonic())
-            sockets[name][0].sendall(data)
-        # A request that arrives in pieces, and an upload that takes longer than the header deadline but keeps
-        # coming, are served: the deadlines bound stalls, not work.
-        with socket.create_connection(address) as slow:
-            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            time.sleep(HEADER_TIMEOUT / 3)
-            slow.sendall(b"Connection: close\r\n\r\n")
-            assert _read_until_closed(slow, time.monotonic(), 5)[0].startswith(b"HTTP/1.1 200 ")
-        with socket.create_connection(address) as slow:
-            slow.sendall(head)
-            for piece in (upload[:400], upload[400:800], upload[800:]):
-                time.sleep(HEADER_TIMEOUT * 0.8)
-                slow.sendall(piece)
-            slow.settimeout(5)
-            assert slow.recv(65536).startswith(b"HTTP/1.1 201 ")
-        results = {name: _read_until_closed(sock, began, 10) for name, (sock, began) in sockets.items()}
-    for sock, _ in sockets.values():
-        sock.close()
+
+        def stall(data: bytes) -> tuple[bytes, float]:
+            # Each stall waits on its own thread, so its time is the server's closing, not this test's turn.
+            with socket.create_connection(address) as sock:
+                began = time.monotonic()
+                sock.sendall(data)
+                return _read_until_closed(sock, began, BODY_TIMEOUT + LATE + 5)
+
+        with concurrent.futures.ThreadPoolExecutor(len(stalls)) as pool:
+            futures = {name: pool.submit(stall, data) for name, data in stalls.items()}
+            results = {name: future.result() for name, future in futures.items()}
     for name in ("idle", "partial headers", "after a response"):
         received, seconds = results[name]
-        assert 0.9 * HEADER_TIMEOUT <= seconds <= HEADER_TIMEOUT + 2, (name, seconds)
+        assert 0.9 * HEADER_TIMEOUT <= seconds <= HEADER_TIMEOUT + LATE, (name, seconds)
         assert received.count(b"HTTP/1.1 ") == (name == "after a response"), (name, received)
     received, seconds = results["upload body"]
-    assert 0.9 * BODY_TIMEOUT <= seconds <= BODY_TIMEOUT + 2, seconds
+    assert 0.9 * BODY_TIMEOUT <= seconds <= BODY_TIMEOUT + LATE, seconds
     assert received.startswith(b"HTTP/1.1 408 ") and b"upload body not received within 1.5 s" in received
     assert b"connection: close" in received.lower()
+
+
+def test_requests_that_keep_coming_are_served_past_the_header_deadline(registry):
+    """The deadlines bound stalls, not work: headers in pieces (each gap well inside the header deadline) and an
+    upload whose body takes longer than the header deadline (far inside its own) are served."""
+    header_timeout, body_timeout = 1.0, 10.0
+    app = create_app(registry, token=TOKEN, max_upload_bytes=UPLOAD_LIMIT, body_timeout=body_timeout)
+    upload = make_artifact("slow-model")
+    head = (f"POST /v1/models/slow-model/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {len(upload)}\r\n\r\n").encode()
+    with serving(app, header_timeout=header_timeout) as url:
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        with socket.create_connection(address) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            time.sleep(header_timeout / 5)
+            slow.sendall(b"Connection: close\r\n\r\n")
+            assert _read_until_closed(slow, time.monotonic(), 30)[0].startswith(b"HTTP/1.1 200 ")
+        with socket.create_connection(address) as slow:
+            slow.sendall(head)
+            began = time.monotonic()
+            for piece in (upload[:400], upload[400:800], upload[800:]):
+                time.sleep(header_timeout * 0.4)
+                slow.sendall(piece)
+            assert time.monotonic() - began > header_timeout  # the body outlived the header deadline
+            slow.settimeout(30)
+            assert slow.recv(65536).startswith(b"HTTP/1.1 201 ")
 
 
 def test_connections_beyond_the_limit_get_503(registry):

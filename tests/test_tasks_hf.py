@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import socket
 import sys
-import time
 import types
 
 import pytest
@@ -70,12 +70,25 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
-    start = time.monotonic()
+    # Fail fast is structural: one TCP probe bounded by PROBE_TIMEOUT_S, and the datasets library (whose hub
+    # calls retry for minutes) is never reached. No wall-clock bound, which a loaded machine would break.
+    connects: list[tuple[object, object]] = []
+    real_connect = socket.create_connection
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        connects.append((address, timeout))
+        return real_connect(address, timeout, *args, **kwargs)
+
+    def load_dataset(*a: object, **k: object) -> object:
+        raise AssertionError("the datasets library was called although the hub probe failed")
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(
         L2LZOError, match=r"task 'hf_sst2' needs the Hugging Face hub, which is not reachable"
     ) as err:
         load_task("hf_sst2")
-    assert time.monotonic() - start < PROBE_TIMEOUT_S + 2
+    assert connects == [(("127.0.0.1", 9), PROBE_TIMEOUT_S)]
     assert "127.0.0.1:9" in str(err.value) and "\n" not in str(err.value)
 
 
