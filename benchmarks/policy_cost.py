@@ -24,8 +24,8 @@ import torch
 
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import FinetuneConfig, finetune
-from l2lzo.policy_net import LearnedSigma
-from l2lzo.policy_source import open_policy
+from l2lzo.policy.network import LearnedSigma
+from l2lzo.policy.source import open_policy
 
 
 class TimedHook:

@@ -46,8 +46,8 @@ from l2lzo.finetune import DEFAULT_EPS, FinetuneConfig, finetune, grouped_loss
 from l2lzo.lr_grid import extend_at_edges, scaled_grid
 from l2lzo.models import load_model
 from l2lzo.plotting import save_png, subplots
-from l2lzo.policy import PolicyArtifact
-from l2lzo.policy_source import open_policy
+from l2lzo.policy.artifact import PolicyArtifact
+from l2lzo.policy.source import open_policy
 from l2lzo.profiling import gradient_profile_sigma
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import load_task

@@ -21,8 +21,8 @@ from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import FinetuneConfig, finetune, resolve_run_policy
 from l2lzo.plotting import pyplot, save_png
-from l2lzo.policy import OptimizerPlan
-from l2lzo.policy_source import AUTO
+from l2lzo.policy.plan import OptimizerPlan
+from l2lzo.policy.source import AUTO
 
 
 @dataclass
@@ -36,7 +36,7 @@ class BatchConfig:
     steps: int | None = None  # lr, eps, steps: None means the policy's recommendation, else the default
     lr: float | None = None  # (FinetuneConfig.plan, the same rule as `l2lzo finetune`)
     eps: float | None = None
-    policy: str | None = None  # FILE, MODEL[@VERSION] or auto (l2lzo.policy_source); None: auto with a server
+    policy: str | None = None  # FILE, MODEL[@VERSION] or auto (l2lzo.policy.source); None: auto with a server
     server: str | None = None
     registry: str | None = None
     output_dir: str | None = None  # default results/batch/<model>_<optimizer>_<scheme>

@@ -78,7 +78,7 @@ def _add_plan_options(p) -> None:
 
 
 def _add_policy_options(group, without: str) -> None:
-    """--policy, --server and --registry: one resolver (``l2lzo.policy_source``) for finetune and finetune-batch."""
+    """--policy, --server and --registry: one resolver (``l2lzo.policy.source``) for finetune and finetune-batch."""
     group.add_argument("--policy", default=None, metavar="FILE|MODEL[@VERSION]|auto",
                        help="learned perturbation policy: a .safetensors file, a registry entry, or auto (this "
                             "model's if trained for its architecture fingerprint, else the latest one for that "
@@ -124,7 +124,7 @@ def _run_finetune(args) -> None:
     names = {f.name for f in fields(FinetuneConfig)}
     config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names})
     if args.compare:
-        from l2lzo.compare import compare, comparison_table
+        from l2lzo.policy.compare import compare, comparison_table
 
         config.validate()
         print(comparison_table(compare(config, say=print)))
@@ -241,7 +241,7 @@ def _add_profile_sensitivity(sub) -> None:
 
 
 def _run_profile_sensitivity(args) -> None:
-    from l2lzo.sensitivity import profile_sensitivity
+    from l2lzo.policy.sensitivity import profile_sensitivity
 
     mask = profile_sensitivity(args.model, [t.strip() for t in args.tasks.split(",") if t.strip()],
                                scheme=args.scheme, batches=args.batches, batch_size=args.batch_size,
@@ -282,8 +282,8 @@ def _add_policy(sub) -> None:
 
 
 def _run_policy_show(args) -> None:
-    from l2lzo.policy_show import describe, plot_sigma, sigma_table
-    from l2lzo.policy_source import open_policy
+    from l2lzo.policy.show import describe, plot_sigma, sigma_table
+    from l2lzo.policy.source import open_policy
 
     artifact = open_policy(args.spec, server=args.server, registry_root=args.registry)
     scheme, rows = sigma_table(artifact, args.model)

@@ -6,7 +6,7 @@ gracefully.
 - Server down: the cached copy is used, with a ``PolicyWarning``; without one, a one-line ``L2LZOError``.
 
 Which policy a job runs (its own, else one for its fingerprint, and what a mismatch means) is decided in
-``l2lzo.policy_source``, by the same rule as for a local registry; this module only answers its two questions.
+``l2lzo.policy.source``, by the same rule as for a local registry; this module only answers its two questions.
 It talks HTTP only; it never imports the service or the registry.
 """
 
@@ -23,7 +23,7 @@ import httpx
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_bytes
 from l2lzo.paths import cache_dir
-from l2lzo.policy import MEZO_SIGMA, PolicyArtifact
+from l2lzo.policy.artifact import MEZO_SIGMA, PolicyArtifact
 
 
 class PolicyWarning(UserWarning):

@@ -23,13 +23,14 @@ from l2lzo.noise import check_noise
 from l2lzo.optim import HYBRID_FO, ZERO_ORDER, build_optimizer, optimizer_class
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries, check_unit_interval
 from l2lzo.optim.zeroth_order import SigmaHook
-from l2lzo.policy import OptimizerPlan, PolicyArtifact, resolve_plan
-from l2lzo.policy_net import LearnedSigma
-from l2lzo.policy_source import parse_policy_spec, resolve_policy
+from l2lzo.policy.artifact import PolicyArtifact
+from l2lzo.policy.network import LearnedSigma
+from l2lzo.policy.plan import OptimizerPlan, resolve_plan
+from l2lzo.policy.sensitivity import SensitivityMask
+from l2lzo.policy.source import parse_policy_spec, resolve_policy
 from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
 from l2lzo.schemes import apply_scheme, check_scheme
 from l2lzo.scoring import Scorer
-from l2lzo.sensitivity import SensitivityMask
 from l2lzo.sparsity import SENSITIVE, SparsityConfig
 from l2lzo.tasks import Example, TaskSplits, load_task
 
@@ -86,13 +87,13 @@ class FinetuneConfig:
     hybrid_fo_lr: float | None = None  # None: DEFAULT_LR for (fo, scheme)
     profile_batches: int = 4
     profile_metric: str = "taylor"
-    # The learned perturbation policy (l2lzo.policy_source): FILE, MODEL[@VERSION] or auto; None: sigma = 1.
+    # The learned perturbation policy (l2lzo.policy.source): FILE, MODEL[@VERSION] or auto; None: sigma = 1.
     policy: str | None = None
     server: str | None = None  # policy service URL (else the local registry)
     registry: str | None = None  # local registry root (default: $L2LZO_REGISTRY, else the XDG data dir)
 
     def plan(self, policy: PolicyArtifact | None = None) -> OptimizerPlan:
-        """This run's lr, eps and steps with ``policy`` and where each came from (``l2lzo.policy.resolve_plan``:
+        """This run's lr, eps and steps with ``policy`` and where each came from (``l2lzo.policy.plan.resolve_plan``:
         the flag, else the policy's recommendation, else l2lzo's default)."""
         return resolve_plan(self.optimizer, lr=self.lr, eps=self.eps, steps=self.steps, policy=policy,
                             default_lr=default_lr(self.optimizer, self.scheme), default_eps=DEFAULT_EPS,

@@ -1,6 +1,6 @@
 """Perturbation on a fixed set of coordinates, at a cost proportional to their number (SensZOQ's static subset).
 
-A sensitivity mask (``l2lzo.sensitivity``) keeps k of a block's n coordinates, 0.1% of them by default. Masking a
+A sensitivity mask (``l2lzo.policy.sensitivity``) keeps k of a block's n coordinates, 0.1% of them by default. Masking a
 dense z would still draw and add n numbers per sweep; here z_b *is* k numbers, drawn from (seed, block) and
 placed at the block's k flat indices (zero elsewhere). A perturbed forward writes theta_b[idx] + c * sigma_b * z_b
 into the parameter in place, runs the model as it is, and copies the k saved values back: no hook, no temporary

@@ -144,7 +144,7 @@ def gradient_profile_sigma(model: nn.Module, closures: Sequence[Callable[[], tor
     and normalised the same way (sum_b d_b sigma_b^2 = sum_b d_b). Keyed by block name, ready for
     ``ZeroOrderOptimizer.set_sigma_hook``.
     """
-    from l2lzo.policy_net import normalised
+    from l2lzo.policy.network import normalised
 
     model_blocks = discover_blocks(model)
     profile = {g.group: g.score for g in profile_layers(model, closures, "grad-norm", "tensor")}

@@ -7,7 +7,7 @@ Three ways to choose the kept coordinates (ZO-Bench's gradient sparsity, Sparse-
 * ``magnitude``: exactly the k coordinates whose |theta| is smallest (ties broken by position), as
   Sparse-MeZO found perturbing the small weights works best; k counts per block (``layer`` scope) or
   over all trainable tensors (``global`` scope);
-* ``sensitive``: a static mask read from a file made once per model (``l2lzo.sensitivity``: the top
+* ``sensitive``: a static mask read from a file made once per model (``l2lzo.policy.sensitivity``: the top
   squared-gradient coordinates, SensZOQ); its density is the file's. It is not a ``SparseMask``: the
   optimizer runs it on ``l2lzo.indexed_perturbation``, which draws and adds only the kept coordinates.
 

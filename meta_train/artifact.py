@@ -11,8 +11,8 @@ from pathlib import Path
 
 from l2lzo.client import PolicyClient
 from l2lzo.errors import L2LZOError
-from l2lzo.policy import SIGMA1_LR_KEY
-from l2lzo.policy_net import PerturbationPolicy, spec_json
+from l2lzo.policy.artifact import SIGMA1_LR_KEY
+from l2lzo.policy.network import PerturbationPolicy, spec_json
 from meta_train.config import MetaTrainConfig
 from registry import Registry, RegistryError, build_artifact, normalize_model_id
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from l2lzo.policy_net import PerturbationPolicy
+from l2lzo.policy.network import PerturbationPolicy
 from meta_train.trajectory_log import TrajectoryLog
 
 

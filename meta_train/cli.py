@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from l2lzo.policy_net import PolicyConfig
+    from l2lzo.policy.network import PolicyConfig
     from meta_train.run import run
 
     config = MetaTrainConfig(

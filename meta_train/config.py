@@ -16,7 +16,7 @@ from l2lzo.errors import ConfigError
 from l2lzo.finetune import default_lr
 from l2lzo.noise import check_noise
 from l2lzo.optim.hyperparameters import check_eps, check_lr
-from l2lzo.policy_net import PolicyConfig
+from l2lzo.policy.network import PolicyConfig
 from l2lzo.schemes import check_scheme
 
 # Disjoint by underlying dataset (`BuiltinTask.dataset`), not only by name: SST-2 and polarity are one dataset,

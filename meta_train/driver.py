@@ -185,7 +185,7 @@ def train(config: MetaTrainConfig, name: str) -> TrainingState:
 
 
 def _state_from(config: MetaTrainConfig, checkpoint) -> TrainingState:
-    from l2lzo.policy_net import PerturbationPolicy
+    from l2lzo.policy.network import PerturbationPolicy
 
     if checkpoint is None:
         raise L2LZOError("meta-training ended without a checkpoint")

@@ -20,7 +20,7 @@ from l2lzo.finetune import grouped_loss
 from l2lzo.models import LoadedModel, load_model
 from l2lzo.optim import ZOSGD
 from l2lzo.perturbation import chunk_seed
-from l2lzo.policy_net import LearnedSigma, PerturbationPolicy
+from l2lzo.policy.network import LearnedSigma, PerturbationPolicy
 from l2lzo.schemes import apply_scheme
 from l2lzo.scoring import Scorer
 from meta_train.checkpoint import TrainingState, load_checkpoint, save_checkpoint

@@ -36,7 +36,7 @@ import torch
 
 from l2lzo.optim import ZeroOrderOptimizer
 from l2lzo.perturbation import Direction
-from l2lzo.policy_net import LearnedSigma
+from l2lzo.policy.network import LearnedSigma
 
 
 @dataclass

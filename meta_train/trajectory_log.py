@@ -20,7 +20,7 @@ from pathlib import Path
 from l2lzo.errors import L2LZOError
 from l2lzo.optim import ZeroOrderOptimizer
 from l2lzo.perturbation import Direction
-from l2lzo.policy_net import LearnedSigma
+from l2lzo.policy.network import LearnedSigma
 from meta_train.objective import InnerStep
 
 

@@ -21,7 +21,7 @@ from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
 from l2lzo.lr_grid import extend_at_edges
 from l2lzo.optim import ZOSGD
 from l2lzo.perturbation import chunk_seed
-from l2lzo.policy_net import LearnedSigma, PerturbationPolicy
+from l2lzo.policy.network import LearnedSigma, PerturbationPolicy
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import load_task
 from meta_train.config import MetaTrainConfig

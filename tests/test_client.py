@@ -150,7 +150,7 @@ def test_finetune_batch_runs_a_served_learned_policy_and_keys_resume_on_its_sha2
                                                                                   tmp_path, monkeypatch):
     from test_policy import trained_looking
 
-    from l2lzo.policy_net import PerturbationPolicy
+    from l2lzo.policy.network import PerturbationPolicy
     from meta_train.artifact import build_policy_artifact
     from meta_train.config import MetaTrainConfig
 

@@ -13,7 +13,7 @@ from l2lzo.finetune import grouped_loss
 from l2lzo.models import CAUSAL, tiny_model
 from l2lzo.optim import ZOSGD
 from l2lzo.perturbation import Direction
-from l2lzo.policy_net import LearnedSigma, PerturbationPolicy
+from l2lzo.policy.network import LearnedSigma, PerturbationPolicy
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import Example
 from l2lzo.tasks.builtin import BUILTIN_TASKS

@@ -14,7 +14,7 @@ from l2lzo.finetune import FinetuneConfig, grouped_loss
 from l2lzo.models import CAUSAL, ENCODER, tiny_model
 from l2lzo.optim import OPTIMIZERS, ZOSGD, ForwardGrad, ZOSGDConservative, build_optimizer
 from l2lzo.perturbation import Direction
-from l2lzo.policy import PolicyArtifact
+from l2lzo.policy.artifact import PolicyArtifact
 from l2lzo.schemes import apply_scheme
 from l2lzo.scoring import Scorer
 

@@ -18,9 +18,9 @@ from l2lzo.errors import ConfigError, L2LZOError
 from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
 from l2lzo.models import CAUSAL, ENCODER, fingerprint, tiny_model
 from l2lzo.optim import ZOSGD, build_optimizer
-from l2lzo.policy import PolicyArtifact
-from l2lzo.policy_features import BLOCK_FEATURES, STEP_FEATURES, BlockFeatures, block_features
-from l2lzo.policy_net import LearnedSigma, PerturbationPolicy, PolicyConfig
+from l2lzo.policy.artifact import PolicyArtifact
+from l2lzo.policy.features import BLOCK_FEATURES, STEP_FEATURES, BlockFeatures, block_features
+from l2lzo.policy.network import LearnedSigma, PerturbationPolicy, PolicyConfig
 from l2lzo.schemes import SCHEMES, apply_scheme
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import load_task

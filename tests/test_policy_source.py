@@ -15,7 +15,7 @@ from l2lzo.client import PolicyWarning
 from l2lzo.errors import L2LZOError
 from l2lzo.finetune import DEFAULT_EPS, DEFAULT_STEPS, default_lr
 from l2lzo.models import fingerprint, load_model
-from l2lzo.policy_source import resolve_policy
+from l2lzo.policy.source import resolve_policy
 from registry import Registry
 from service.app import create_app
 

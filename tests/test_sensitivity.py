@@ -17,8 +17,8 @@ from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
 from l2lzo.indexed_perturbation import IndexedPerturbationEngine
 from l2lzo.models import CAUSAL, fingerprint, tiny_model
 from l2lzo.optim import ZOSGD, ZOAdam, ZOSGDConservative
+from l2lzo.policy.sensitivity import SensitivityMask, build_mask, squared_gradient_scores, top_indices
 from l2lzo.scoring import Scorer
-from l2lzo.sensitivity import SensitivityMask, build_mask, squared_gradient_scores, top_indices
 from l2lzo.sparsity import SENSITIVE, SparsityConfig
 
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l2lzo.policy_features import STEP_FEATURES, StepSignal
+from l2lzo.policy.features import STEP_FEATURES, StepSignal
 
 
 def close(features: torch.Tensor, want: list[float]) -> None:

@@ -36,7 +36,7 @@ from l2lzo.errors import ConfigError
 from l2lzo.indexed_perturbation import IndexedPerturbationEngine
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries
 from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
-from l2lzo.sensitivity import SensitivityMask
+from l2lzo.policy.sensitivity import SensitivityMask
 from l2lzo.sparsity import SENSITIVE, SparseMask, SparsityConfig
 
 Closure = Callable[[], torch.Tensor | float]

@@ -18,7 +18,7 @@ import torch
 
 from l2lzo.files import atomic_write_bytes
 from l2lzo.models import fingerprint, load_model
-from l2lzo.policy_net import PerturbationPolicy
+from l2lzo.policy.network import PerturbationPolicy
 from meta_train.artifact import build_policy_artifact
 from meta_train.checkpoint import TrainingState, load_checkpoint
 from meta_train.config import MetaTrainConfig

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from l2lzo.blocks import ROLES
-from l2lzo.policy_features import BLOCK_FEATURES, FEATURE_SPEC, STEP_FEATURES, BlockFeatures, StepSignal, block_features
+from l2lzo.policy.features import BLOCK_FEATURES, FEATURE_SPEC, STEP_FEATURES, BlockFeatures, StepSignal, block_features
 
 
 @dataclass(frozen=True)

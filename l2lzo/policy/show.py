@@ -17,8 +17,8 @@ from l2lzo.blocks import ROLES, Block, discover_blocks, group_key
 from l2lzo.errors import L2LZOError
 from l2lzo.models import fingerprint, load_model
 from l2lzo.plotting import pyplot, save_png
-from l2lzo.policy import PolicyArtifact
-from l2lzo.policy_features import STEP_FEATURES, block_features
+from l2lzo.policy.artifact import PolicyArtifact
+from l2lzo.policy.features import STEP_FEATURES, block_features
 from l2lzo.schemes import apply_scheme
 
 

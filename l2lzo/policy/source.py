@@ -25,7 +25,7 @@ from l2lzo.client import PolicyClient, PolicyWarning
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_bytes
 from l2lzo.paths import cache_dir
-from l2lzo.policy import MEZO_SIGMA, PolicyArtifact
+from l2lzo.policy.artifact import MEZO_SIGMA, PolicyArtifact
 from registry import NotFound, Registry, RegistryError, parse_artifact
 
 AUTO = "auto"
