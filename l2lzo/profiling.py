@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,18 +45,34 @@ def profile_layers(model: nn.Module, closures: Sequence[Callable[[], torch.Tenso
     blocks = discover_blocks(model)
     totals = torch.zeros(len(blocks), dtype=torch.float64)
 
-    def scorer(block: Block):
+    def score(block: Block, grad: torch.Tensor) -> None:
+        if metric == "taylor":
+            totals[block.index] += float((grad * block.param.detach()).abs().sum())
+        else:
+            totals[block.index] += float(grad.double().pow(2).sum())
+
+    fold_gradients(blocks, closures, score)
+    groups = group_blocks(blocks, level)
+    scores = {name: float(sum(totals[b.index] for b in members)) for name, members in groups.items()}
+    if metric == "grad-norm":
+        scores = {name: score**0.5 for name, score in scores.items()}
+    total = sum(scores.values()) or 1.0
+    return [GroupImportance(name, sum(b.numel for b in members), scores[name], scores[name] / total)
+            for name, members in groups.items()]
+
+
+def fold_gradients(blocks: Sequence[Block], closures: Iterable[Callable[[], torch.Tensor]],
+                   fold: Callable[[Block, torch.Tensor], None]) -> None:
+    """Backpropagate every closure's loss and hand each block's gradient to ``fold(block, grad)`` as soon as it is
+    accumulated, then free it: at most one gradient set is alive beside what ``fold`` keeps."""
+    def hook_for(block: Block):
         def hook(param: torch.Tensor) -> None:
-            grad = param.grad.detach()
-            if metric == "taylor":
-                totals[block.index] += float((grad * param.detach()).abs().sum())
-            else:
-                totals[block.index] += float(grad.double().pow(2).sum())
+            fold(block, param.grad.detach())
             param.grad = None
 
         return hook
 
-    handles = [b.param.register_post_accumulate_grad_hook(scorer(b)) for b in blocks]
+    handles = [b.param.register_post_accumulate_grad_hook(hook_for(b)) for b in blocks]
     try:
         with torch.enable_grad():
             for closure in closures:
@@ -65,13 +81,6 @@ def profile_layers(model: nn.Module, closures: Sequence[Callable[[], torch.Tenso
         for handle in handles:
             handle.remove()
         _return_freed_memory()
-    groups = group_blocks(blocks, level)
-    scores = {name: float(sum(totals[b.index] for b in members)) for name, members in groups.items()}
-    if metric == "grad-norm":
-        scores = {name: score**0.5 for name, score in scores.items()}
-    total = sum(scores.values()) or 1.0
-    return [GroupImportance(name, sum(b.numel for b in members), scores[name], scores[name] / total)
-            for name, members in groups.items()]
 
 
 def _return_freed_memory() -> None:

@@ -28,6 +28,7 @@ from l2lzo.blocks import discover_blocks
 from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_bytes
 from l2lzo.indexed_perturbation import is_index_set
+from l2lzo.profiling import fold_gradients
 from l2lzo.sparsity import SPARSE_SCOPES
 
 FORMAT = "l2lzo-sensitivity-mask/1"
@@ -43,21 +44,10 @@ def squared_gradient_scores(model: torch.nn.Module,
     blocks = discover_blocks(model)
     scores = {b.name: torch.zeros(b.shape, dtype=torch.float32) for b in blocks}
 
-    def fold(name: str):
-        def hook(param: torch.Tensor) -> None:
-            scores[name] += param.grad.detach().float().pow(2)
-            param.grad = None
+    def fold(block, grad: torch.Tensor) -> None:
+        scores[block.name] += grad.float().pow(2)
 
-        return hook
-
-    handles = [b.param.register_post_accumulate_grad_hook(fold(b.name)) for b in blocks]
-    try:
-        with torch.enable_grad():
-            for closure in closures:
-                closure().backward()
-    finally:
-        for handle in handles:
-            handle.remove()
+    fold_gradients(blocks, closures, fold)
     return scores
 
 
