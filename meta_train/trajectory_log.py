@@ -38,8 +38,8 @@ class TrajectoryLog:
     def filename(self) -> str:
         return f"trajectory-rank{self.rank}.json"
 
-    def start(self, trajectory: int) -> None:
-        """A new trajectory from the pretrained weights: nothing to replay yet."""
+    def start(self, trajectory: int | None) -> None:
+        """A new trajectory from the pretrained weights (None: no trajectory yet): nothing to replay."""
         self.trajectory, self.steps, self.last_losses, self.signal = trajectory, [], None, None
 
     def record(self, steps: list[InnerStep], optimizer: ZeroOrderOptimizer, sigma: LearnedSigma) -> None:
