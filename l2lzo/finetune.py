@@ -102,10 +102,17 @@ class FinetuneConfig:
     def resolved_fo_lr(self) -> float:
         return self.hybrid_fo_lr if self.hybrid_fo_lr is not None else DEFAULT_LR[("fo", self.scheme)]
 
-    def sparsity_config(self) -> SparsityConfig | None:
-        """The sparse-z settings, checked (its own one-line errors); None when z is dense."""
-        config = SparsityConfig(self.sparsity, SENSITIVE if self.sparse_mask else self.sparse_mode,
-                                self.sparse_scope, self.sparse_resample, mask_file=self.sparse_mask)
+    def sparsity_config(self, policy: PolicyArtifact | None = None) -> SparsityConfig | None:
+        """The sparse-z settings, checked (its own one-line errors); None when z is dense.
+
+        The mask is ``--sparse-mask``'s, else the policy's (when it carries one): an explicit ``--sparse-mask``
+        or ``--sparsity`` replaces the policy's mask, which the run then does not use.
+        """
+        mask = SensitivityMask.from_file(self.sparse_mask) if self.sparse_mask else None
+        if mask is None and not self.sparsity and policy is not None:
+            mask = policy.mask()
+        config = SparsityConfig(self.sparsity, SENSITIVE if mask is not None else self.sparse_mode,
+                                self.sparse_scope, self.sparse_resample, mask=mask)
         return config if config.active else None
 
     def output_path(self) -> Path:
@@ -371,7 +378,7 @@ def build_run_optimizer(config: FinetuneConfig, scorer: Scorer, train: list[Exam
     check_lr(plan.lr)
     optimizer = build_optimizer(config.optimizer, scorer.loaded.model, lr=plan.lr, eps=plan.eps,
                                 n_queries=config.n_queries, seed=config.seed, group_level=config.zo_blocks,
-                                sparsity=config.sparsity_config(), fo_blocks=fo_blocks,
+                                sparsity=config.sparsity_config(policy), fo_blocks=fo_blocks,
                                 fo_optimizer=config.hybrid_fo_optimizer, fo_lr=config.resolved_fo_lr(),
                                 noise=config.noise)
     network = policy.network() if policy is not None else None

@@ -7,9 +7,10 @@ Three ways to choose the kept coordinates (ZO-Bench's gradient sparsity, Sparse-
 * ``magnitude``: exactly the k coordinates whose |theta| is smallest (ties broken by position), as
   Sparse-MeZO found perturbing the small weights works best; k counts per block (``layer`` scope) or
   over all trainable tensors (``global`` scope);
-* ``sensitive``: a static mask read from a file made once per model (``l2lzo.policy.sensitivity``: the top
-  squared-gradient coordinates, SensZOQ); its density is the file's. It is not a ``SparseMask``: the
-  optimizer runs it on ``l2lzo.indexed_perturbation``, which draws and adds only the kept coordinates.
+* ``sensitive``: a static mask made once per model (``l2lzo.policy.sensitivity``: the top squared-gradient
+  coordinates, SensZOQ), from a mask file or a policy artifact that carries one; its density is the mask's.
+  It is not a ``SparseMask``: the optimizer runs it on ``l2lzo.indexed_perturbation``, which draws and adds
+  only the kept coordinates.
 
 Random and magnitude masks are recomputed every ``resample_every`` steps and kept bit-packed (1 bit per
 parameter, 1/32 of fp32 theta), so perturbations and the update of a step use the same mask without redrawing it.
@@ -17,7 +18,8 @@ parameter, 1/32 of fp32 theta), so perturbations and the update of a step use th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,8 +27,11 @@ from l2lzo.blocks import Block
 from l2lzo.errors import ConfigError, check_choice
 from l2lzo.perturbation import PerturbationEngine, chunk_seed
 
+if TYPE_CHECKING:
+    from l2lzo.policy.sensitivity import SensitivityMask
+
 SPARSE_MODES = ("random", "magnitude")
-SENSITIVE = "sensitive"  # a static mask from a file: set by --sparse-mask, not by --sparse-mode
+SENSITIVE = "sensitive"  # a static mask (--sparse-mask, or the policy's): not a --sparse-mode
 SPARSE_SCOPES = ("layer", "global")
 _BITS = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
 # Mask seeds are chunk_seed(run seed, step, _MASK_STREAM): a stream no query index reaches, so masks share no
@@ -37,21 +42,21 @@ _MASK_STREAM = 1 << 40
 @dataclass(frozen=True)
 class SparsityConfig:
     """``sparsity`` is the fraction of z set to zero (0.9 keeps 10% of the coordinates); in mode
-    ``sensitive`` the mask file sets it and ``sparsity`` stays 0."""
+    ``sensitive`` the loaded ``mask`` sets it and ``sparsity`` stays 0."""
 
     sparsity: float
     mode: str = "random"
     scope: str = "layer"
     resample_every: int = 100
-    mask_file: str | None = None
+    mask: SensitivityMask | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
         check_choice("sparse mode", self.mode, (*SPARSE_MODES, SENSITIVE))
-        if (self.mode == SENSITIVE) != (self.mask_file is not None):
-            raise ConfigError("a sensitivity mask file and sparse mode 'sensitive' go together")
-        if self.mask_file is not None and self.sparsity:
+        if (self.mode == SENSITIVE) != (self.mask is not None):
+            raise ConfigError("a sensitivity mask and sparse mode 'sensitive' go together")
+        if self.mask is not None and self.sparsity:
             raise ConfigError("--sparse-mask sets the density itself: drop --sparsity")
         check_choice("sparse scope", self.scope, SPARSE_SCOPES)
         if self.resample_every < 1:
@@ -64,7 +69,7 @@ class SparsityConfig:
     @property
     def active(self) -> bool:
         """Whether z is masked at all."""
-        return self.sparsity > 0 or self.mask_file is not None
+        return self.sparsity > 0 or self.mask is not None
 
 
 class SparseMask:

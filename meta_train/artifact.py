@@ -1,7 +1,8 @@
 """The meta-trainer's product: a policy artifact (safetensors + metadata) in the registry or a service.
 
 The metadata names the base model and its fingerprint, the feature spec, the recommended lr / eps / steps,
-the meta-training config with both task pools, the policy's size, and the held-out validation metrics.
+the meta-training config with both task pools, the policy's size, and the held-out validation metrics; and,
+when the validation chose one, the sensitivity mask downstream ZO perturbs on.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from pathlib import Path
 
 from l2lzo.client import PolicyClient
 from l2lzo.errors import L2LZOError
-from l2lzo.policy.artifact import SIGMA1_LR_KEY
+from l2lzo.policy.artifact import MASK_KEY, SIGMA1_LR_KEY
 from l2lzo.policy.network import PerturbationPolicy, spec_json
+from l2lzo.policy.sensitivity import SensitivityMask
 from meta_train.config import MetaTrainConfig
 from registry import Registry, RegistryError, build_artifact, normalize_model_id
 
@@ -24,10 +26,18 @@ def base_model_id(model: str) -> str:
 
 def build_policy_artifact(policy: PerturbationPolicy, config: MetaTrainConfig, *, fingerprint: str,
                           recommended_lr: float, metrics: dict, history_tail: list[dict] | None = None,
-                          sigma1_lr: float | None = None) -> bytes:
+                          sigma1_lr: float | None = None, mask: SensitivityMask | None = None) -> bytes:
     """The artifact bytes (validated by the registry's own parser). ``sigma1_lr``: the lr the same validation
-    picked for sigma = 1 (stored as ``recommended_lr_sigma1``; a draft made before validation has none)."""
+    picked for sigma = 1 (stored as ``recommended_lr_sigma1``; a draft made before validation has none).
+    ``mask``: the sensitivity mask downstream runs perturb on (two tensors and ``mask`` metadata, see
+    ``l2lzo.policy.sensitivity``); it must be the base model's, like the policy."""
     arrays = policy.to_arrays()
+    mask_meta = None
+    if mask is not None:
+        if mask.fingerprint != fingerprint:
+            raise L2LZOError("the sensitivity mask was made for another base model than the policy")
+        mask_arrays, mask_meta = mask.to_artifact()
+        arrays.update(mask_arrays)
     training = {**config.to_json(), "resolved_lr": config.resolved_lr(),
                 "policy_numbers": policy.numbers, "policy_bytes": sum(a.nbytes for a in arrays.values()),
                 "history_tail": history_tail or []}
@@ -43,6 +53,8 @@ def build_policy_artifact(policy: PerturbationPolicy, config: MetaTrainConfig, *
     }
     if sigma1_lr is not None:
         metadata[SIGMA1_LR_KEY] = repr(float(sigma1_lr))
+    if mask_meta is not None:
+        metadata[MASK_KEY] = mask_meta
     try:
         return build_artifact(arrays, metadata)
     except RegistryError as exc:

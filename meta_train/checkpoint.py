@@ -5,6 +5,8 @@
 ``optimizer.safetensors``  the meta-optimizer's (Adam's) tensors; its scalars go in state.json
 ``state.json``           the next meta-step, the optimizer's param groups, the best gap and its meta-step, and the
                          metrics history so far
+``mask-{i}.safetensors``  the sensitivity masks (``meta_train.sensitivity``), one per density, when the run has
+                         them: every checkpoint carries them, so a resumed run never rescores
 ``trajectory-rank{R}.json``  worker R's ZO steps since its trajectory's reset (``meta_train.trajectory_log``): a
                          resumed worker replays them, so its theta is where the interrupted one left it
 """
@@ -22,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from l2lzo.policy.network import PerturbationPolicy
+from l2lzo.policy.sensitivity import SensitivityMask
 from meta_train.trajectory_log import TrajectoryLog
 
 
@@ -39,6 +42,7 @@ class TrainingState:
     best_step: int = 0
     best_weights: dict[str, torch.Tensor] | None = None
     trajectory: TrajectoryLog = field(default_factory=TrajectoryLog)  # this worker's steps since its reset
+    masks: dict[float, SensitivityMask] = field(default_factory=dict)  # by density; empty: none (yet)
 
     def consider(self, gap: float) -> bool:
         """Keep the current weights as the best if their held-out gap beats the best so far."""
@@ -80,6 +84,8 @@ def save_checkpoint(state: TrainingState, folder: Path) -> Path:
             "best_step": state.best_step,
             "param_groups": optim["param_groups"], "optimizer_scalars": scalars}, indent=1))
         state.trajectory.save(tmp)
+        for i, density in enumerate(sorted(state.masks)):
+            state.masks[density].save(tmp / f"mask-{i}.safetensors")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -107,4 +113,6 @@ def load_checkpoint(state: TrainingState, folder: Path) -> TrainingState:
     best = folder / "best.safetensors"
     state.best_weights = load_file(str(best)) if best.exists() else None
     state.trajectory.load(folder)
+    masks = [SensitivityMask.from_file(path) for path in sorted(folder.glob("mask-*.safetensors"))]
+    state.masks = {mask.density: mask for mask in masks}
     return state

@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--validation-seeds", type=int, default=d.validation_seeds, help="validation runs per task")
     p.add_argument("--final-steps", type=int, default=d.final_steps, help="steps of the final validation fine-tunes")
     p.add_argument("--lr-grid", default=None, help="comma-separated lrs the final validation chooses from")
+    p.add_argument("--mask-densities", default="", metavar="RHOS",
+                   help="comma-separated densities of sensitivity masks to build from the meta-train pool and "
+                        "try in the final validation (e.g. 0.001,0.01; default: none, dense z)")
+    p.add_argument("--mask-batches", type=int, default=d.mask_batches,
+                   help="train batches the sensitivity scores sum over, drawn in turn from every meta-train task")
+    p.add_argument("--mask-lr-scale", type=float, default=d.mask_lr_scale,
+                   help="masked arms' validation lr grid is this times --lr-grid")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", metavar="RUN", default=None, help="continue this run from its last checkpoint")
@@ -72,7 +79,9 @@ def _run(args: argparse.Namespace) -> None:
         policy=PolicyConfig(max_ratio=args.max_ratio), train_tasks=_names(args.train_tasks),
         validation_tasks=_names(args.validation_tasks), validate_every=args.validate_every,
         validation_steps=args.validation_steps, validation_seeds=args.validation_seeds, final_steps=args.final_steps,
-        lr_grid=_floats(args.lr_grid) if args.lr_grid else None,
+        lr_grid=_floats(args.lr_grid, "--lr-grid") if args.lr_grid else None,
+        mask_densities=_floats(args.mask_densities, "--mask-densities"), mask_batches=args.mask_batches,
+        mask_lr_scale=args.mask_lr_scale,
         checkpoint_every=args.checkpoint_every, seed=args.seed, output=args.output, registry=args.registry,
         server=args.server, token_file=args.token_file, push=not args.no_push)
     run(config, resume=args.resume, sweep_samples=args.sweep)
@@ -82,10 +91,10 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _floats(text: str) -> list[float]:
+def _floats(text: str, flag: str) -> list[float]:
     from l2lzo.errors import ConfigError
 
     try:
         return [float(t) for t in _names(text)]
     except ValueError:
-        raise ConfigError(f"--lr-grid must be comma-separated numbers, got {text!r}") from None
+        raise ConfigError(f"{flag} must be comma-separated numbers, got {text!r}") from None

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from l2lzo.errors import ConfigError
+from l2lzo.errors import ConfigError, check_choice
 from l2lzo.finetune import default_lr
 from l2lzo.noise import check_noise
 from l2lzo.optim.hyperparameters import check_eps, check_lr
 from l2lzo.policy.network import PolicyConfig
 from l2lzo.schemes import check_scheme
+from l2lzo.sparsity import SPARSE_SCOPES
 
 # Disjoint by underlying dataset (`BuiltinTask.dataset`), not only by name: SST-2 and polarity are one dataset,
 # so are ARC-Easy and ARC-Challenge, and the MMLU groups; tests/test_meta_train_pools.py checks it. Every pool
@@ -92,6 +93,14 @@ class MetaTrainConfig:
     # policy dev loss picks the recommended lr.
     final_steps: int = 60
     lr_grid: list[float] | None = None
+    # The sensitivity mask (l2lzo.policy.sensitivity): before the first meta-step, squared gradients at the
+    # pretrained weights over mask_batches train batches of batch_size, drawn in turn from every meta-train task
+    # and split over the workers; one mask per density (global top fraction), each tried by the final
+    # validation alone and under the shape, on a grid mask_lr_scale times lr_grid. Empty: no mask.
+    mask_densities: list[float] = field(default_factory=list)
+    mask_batches: int = 64
+    mask_scope: str = "global"
+    mask_lr_scale: float = 4.0
     # Ray
     workers: int = 1
     threads: int | None = None  # torch threads per worker (default: the CPUs Ray sees / workers)
@@ -145,6 +154,14 @@ class MetaTrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 1, got {value}")
+        if any(not 0 < d < 1 for d in self.mask_densities) or len(set(self.mask_densities)) != len(
+                self.mask_densities):
+            raise ConfigError(f"mask densities must be distinct and in (0, 1), got {self.mask_densities}")
+        check_choice("mask scope", self.mask_scope, SPARSE_SCOPES)
+        if self.mask_densities and self.mask_batches < self.workers:
+            raise ConfigError(f"mask batches must be >= workers ({self.workers}), got {self.mask_batches}")
+        if not self.mask_lr_scale > 0:
+            raise ConfigError(f"mask lr scale must be > 0, got {self.mask_lr_scale}")
         if not self.meta_lr > 0:
             raise ConfigError(f"meta lr must be > 0, got {self.meta_lr}")
         if self.threads is not None and self.threads < 1:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from l2lzo.blocks import discover_blocks
 from l2lzo.finetune import grouped_loss
-from l2lzo.models import LoadedModel, load_model
+from l2lzo.models import LoadedModel, fingerprint, load_model
 from l2lzo.optim import ZOSGD
 from l2lzo.perturbation import chunk_seed
 from l2lzo.policy.network import LearnedSigma, PerturbationPolicy
@@ -27,6 +27,7 @@ from meta_train.checkpoint import TrainingState, load_checkpoint, save_checkpoin
 from meta_train.config import MetaTrainConfig
 from meta_train.episodes import TaskPool, Trajectory, episode_rng
 from meta_train.objective import look_ahead
+from meta_train.sensitivity import pool_masks
 from meta_train.trajectory_log import TrajectoryLog
 from meta_train.validation import HeldoutGap
 
@@ -124,7 +125,9 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
     """
     config.validate()
     torch.manual_seed(config.seed)
-    loaded = apply_scheme(loaded or load_model(config.model), config.scheme)
+    loaded = loaded or load_model(config.model)
+    base_fingerprint = fingerprint(loaded.model)  # the artifact's and the masks': the base model's, before the scheme
+    loaded = apply_scheme(loaded, config.scheme)
     scorer = Scorer(loaded, max_length=config.max_length)
     trajectory = Trajectory(discover_blocks(loaded.model))
     pool = TaskPool(config.train_tasks, train_size=config.train_size, seed=config.seed)
@@ -135,6 +138,12 @@ def meta_train_loop(config: MetaTrainConfig, runtime: Runtime, loaded: LoadedMod
     say = bar.write
     if runtime.restore(state):
         say(f"resumed at meta-step {state.meta_step} from the last checkpoint")
+    if config.mask_densities and not state.masks:  # at the pretrained weights: before any ZO step of a trajectory
+        started = time.perf_counter()
+        state.masks = pool_masks(config, scorer, pool, rank=runtime.rank, world_size=runtime.world_size,
+                                 all_reduce_mean=runtime.all_reduce_mean, fingerprint=base_fingerprint)
+        say(f"sensitivity masks (densities {', '.join(f'{d:g}' for d in state.masks)}) from {config.mask_batches} "
+            f"batches of {len(pool.names)} tasks in {time.perf_counter() - started:.0f} s")
     heldout_gap = HeldoutGap(config, scorer, trajectory)  # every worker makes its share of the runs
     horizon = config.reset_every * config.inner_steps  # ZO steps per trajectory: the policy's "run length"
 

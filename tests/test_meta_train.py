@@ -291,7 +291,8 @@ class FakeRun:
 
 
 def test_final_validation_gives_each_arm_its_own_lr_and_extends_the_grid_at_an_edge(tmp_path, monkeypatch):
-    """Policy runs are best at lr 1e-4, sigma = 1's at 4e-4, past the grid's top: the grid grows to find it."""
+    """Policy runs are best at lr 1e-4, sigma = 1's at 4e-4, past the grid's top: sigma = 1's grid grows to find
+    it, the policy's (its best inside) does not."""
     import math
 
     from meta_train import validation
@@ -305,10 +306,13 @@ def test_final_validation_gives_each_arm_its_own_lr_and_extends_the_grid_at_an_e
     config = MetaTrainConfig(validation_tasks=["task_a", "task_b"], lr_grid=[5e-5, 1e-4, 2e-4], final_steps=3)
     result = validation.final_validation(config, tmp_path / "p.safetensors", tmp_path, say=lambda _: None)
     assert result["recommended_lr"] == 1e-4 and result["recommended_lr_sigma1"] == 4e-4
-    assert result["lr_grid"] == [5e-5, 1e-4, 2e-4, 4e-4, 8e-4] and result["grid_extended"] == {"low": 0, "high": 2}
+    assert result["lr_grid"] == [5e-5, 1e-4, 2e-4] and result["grid_extended"] == {"low": 0, "high": 0}
+    assert result["lr_grid_sigma1"] == [5e-5, 1e-4, 2e-4, 4e-4, 8e-4]
+    assert result["arms"]["mezo"]["grid_extended"] == {"low": 0, "high": 2}
     assert result["dev_loss_policy"] == result["dev_loss_mezo"] == pytest.approx(1.05)  # each at its own best
     assert result["wins"] == 0 and result["wins_at_policy_lr"] == 2  # at the policy's lr sigma = 1 looked worse
-    assert len(result["runs"]) == 5 * 2
+    assert result["chosen_arm"] == "policy" and result["chosen_density"] is None
+    assert len(result["runs"]) == 3 * 2 + 5 * 2
 
 
 def test_final_validation_takes_a_short_grid_as_given(tmp_path, monkeypatch):

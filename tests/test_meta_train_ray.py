@@ -35,7 +35,7 @@ def tiny_meta_train_args(tmp_path, model_dir, tasks, **extra) -> list[str]:
 def test_two_workers_meta_train_publish_and_finetune_runs_the_policy(tmp_path, tiny_causal_dir, monkeypatch):
     monkeypatch.setenv("L2LZO_CACHE_DIR", str(tmp_path / "cache"))
     tasks = write_tasks(tmp_path)
-    assert main(tiny_meta_train_args(tmp_path, tiny_causal_dir, tasks)) == 0
+    assert main(tiny_meta_train_args(tmp_path, tiny_causal_dir, tasks, **{"--mask-densities": "0.05"})) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     model, version = summary["published"].split("@")
     record = Registry(tmp_path / "registry").get(model, version)
@@ -45,6 +45,11 @@ def test_two_workers_meta_train_publish_and_finetune_runs_the_policy(tmp_path, t
     assert validation["tasks"] == 1 and float(record.metadata["recommended_lr_sigma1"]) == validation[
         "recommended_lr_sigma1"]
     assert (tmp_path / "run" / "meta_training.png").stat().st_size > 0
+    # The mask phase ran over both workers; validation tried it alone and under the shape; what ships carries it
+    # exactly when the chosen arm is masked.
+    assert set(validation["arms"]) == {"policy", "mezo", "mask 0.05", "policy + mask 0.05"}
+    assert ("mask" in record.metadata) == (validation["chosen_density"] == 0.05)
+    assert (tmp_path / "run" / "mask_d0.05.safetensors").exists()
     out = tmp_path / "ft.json"
     assert main(["finetune", "--model", str(tiny_causal_dir), "--task", tasks[2], "--steps", "2", "--eval-every", "2",
                  "--batch-size", "4", "--train-size", "8", "--dev-size", "8", "--test-size", "8",
@@ -52,6 +57,7 @@ def test_two_workers_meta_train_publish_and_finetune_runs_the_policy(tmp_path, t
                  "--output", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["policy"]["sha256"] == record.sha256 and results["final_sigma"]
+    assert (results["policy"]["mask"] is not None) == ("mask" in record.metadata)
 
 
 def start_cli(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:

@@ -116,7 +116,7 @@ def test_a_damaged_mask_file_is_refused_in_one_line(tmp_path, tamper, message):
 
 
 def sensitive(path) -> SparsityConfig:
-    return SparsityConfig(0.0, SENSITIVE, mask_file=str(path))
+    return SparsityConfig(0.0, SENSITIVE, mask=SensitivityMask.from_file(path))
 
 
 @pytest.mark.parametrize("optimizer", [ZOSGD, ZOAdam, ZOSGDConservative])

@@ -36,7 +36,6 @@ from l2lzo.errors import ConfigError
 from l2lzo.indexed_perturbation import IndexedPerturbationEngine
 from l2lzo.optim.hyperparameters import check_eps, check_lr, check_n_queries
 from l2lzo.perturbation import Direction, PerturbationEngine, chunk_seed
-from l2lzo.policy.sensitivity import SensitivityMask
 from l2lzo.sparsity import SENSITIVE, SparseMask, SparsityConfig
 
 Closure = Callable[[], torch.Tensor | float]
@@ -245,10 +244,10 @@ class ZeroOrderOptimizer(torch.optim.Optimizer):
 
 
 def _engine(blocks: list[Block], sparsity: SparsityConfig | None, noise: str, seed: int) -> PerturbationEngine:
-    """The dense engine, or for a sensitivity mask file the engine that perturbs only its coordinates."""
+    """The dense engine, or for a sensitivity mask the engine that perturbs only its coordinates."""
     if sparsity is None or sparsity.mode != SENSITIVE:
         return PerturbationEngine(blocks, noise=noise, noise_seed=seed)
-    mask = SensitivityMask.from_file(sparsity.mask_file)
+    mask = sparsity.mask
     mask.check_blocks({b.name: b.numel for b in blocks})
     return IndexedPerturbationEngine(blocks, mask.indices, noise=noise, noise_seed=seed)
 

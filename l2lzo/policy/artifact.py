@@ -4,7 +4,9 @@ A policy artifact is one ``.safetensors`` file from the registry: the policy's t
 (base model and fingerprint, feature spec, recommended lr / eps / steps, ...; see ``../shared/DESIGN.md``).
 ``PolicyArtifact.network()`` rebuilds the executable policy (``l2lzo.policy.network``) from it; the fine-tune
 loop runs it through ``ZeroOrderOptimizer.set_sigma_hook``. An artifact whose feature spec says
-``{"kind": "uniform"}`` carries hyperparameters only and perturbs with sigma = 1.
+``{"kind": "uniform"}`` carries hyperparameters only and perturbs with sigma = 1. An artifact with ``mask``
+metadata also carries a sensitivity mask (``l2lzo.policy.sensitivity``): downstream ZO perturbs only its
+coordinates, with the network's sigma (or sigma = 1) per block on top.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ RECOMMENDED_KEYS = ("recommended_lr", "recommended_eps", "recommended_steps")
 #: policy's own: what `--compare` runs MeZO at, so both arms get the same tuning budget. Older artifacts lack it.
 SIGMA1_LR_KEY = "recommended_lr_sigma1"
 MEZO_SIGMA = "sigma = 1 (MeZO)"
+MASK_KEY = "mask"
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,30 @@ class PolicyArtifact:
         from l2lzo.policy.network import PerturbationPolicy
 
         try:
-            return PerturbationPolicy.from_arrays(load_file(str(self.path)), json.loads(self.metadata["feature_spec"]))
+            arrays = {k: v for k, v in load_file(str(self.path)).items() if not k.startswith("mask.")}
+            return PerturbationPolicy.from_arrays(arrays, json.loads(self.metadata["feature_spec"]))
         except (SafetensorError, OSError, ValueError) as exc:
             raise L2LZOError(f"policy {self.label()} cannot be loaded: {exc}") from exc
+
+    @property
+    def has_mask(self) -> bool:
+        return MASK_KEY in self.metadata
+
+    def mask(self):
+        """The ``SensitivityMask`` the artifact carries (made for its fingerprint), or None; one-line errors."""
+        if not self.has_mask:
+            return None
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        from l2lzo.policy.sensitivity import ARTIFACT_COUNTS, ARTIFACT_INDICES, SensitivityMask
+
+        try:
+            arrays = {k: v for k, v in load_file(str(self.path)).items() if k in (ARTIFACT_INDICES, ARTIFACT_COUNTS)}
+        except (SafetensorError, OSError) as exc:
+            raise L2LZOError(f"policy {self.label()} cannot be loaded: {exc}") from exc
+        return SensitivityMask.from_artifact(arrays, self.metadata[MASK_KEY], str(self.fingerprint),
+                                             f"policy {self.label()}")
 
     def check_fingerprint(self, fingerprint: str) -> None:
         """``L2LZOError`` unless the policy was trained for a model with this architecture fingerprint."""
@@ -135,8 +159,16 @@ class PolicyArtifact:
         """What a results file records about the policy."""
         return {"model": self.model, "version": self.version, "sha256": self.sha256, "path": str(self.path),
                 "fingerprint": self.fingerprint, "learned": self.is_learned, "recommended": self.recommended(),
-                "recommended_lr_sigma1": self.sigma1_lr(),
+                "recommended_lr_sigma1": self.sigma1_lr(), "mask": _mask_summary(self.metadata.get(MASK_KEY)),
                 "feature_spec": _json_or_text(self.metadata.get("feature_spec"))}
+
+
+def _mask_summary(value: str | None) -> dict | None:
+    """The mask's density, scope and source tasks (not its per-tensor sizes) for a results file."""
+    if value is None:
+        return None
+    meta = _json_or_text(value)
+    return {k: meta.get(k) for k in ("density", "scope", "tasks")} if isinstance(meta, dict) else None
 
 
 def _json_or_text(value: str | None):

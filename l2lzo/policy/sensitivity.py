@@ -11,6 +11,12 @@ size, so a mask is refused on a model it was not made for. Indices cost 4 bytes 
 density 0.1%, 0.54 MB for smollm2-135m (134.5M parameters) and 28 MB for a 7B model; a bitmap would take
 n / 8 bytes whatever the density (16.8 MB and 875 MB), so indices are smaller below density 1/32.
 Downstream, ``--sparse-mask`` runs ZO on ``l2lzo.indexed_perturbation``: only these coordinates are drawn and touched.
+
+A policy artifact carries its mask as two tensors, whatever the number of trainable tensors (the registry caps
+an artifact at 256 tensors; SmolLM2-135M has 272): ``mask.indices``, every tensor's sorted int32 indices
+concatenated in model order, and ``mask.counts`` (int64), how many of them belong to each tensor; its
+``mask`` metadata holds the density, scope, source tasks and the tensors' names and sizes. Indices stay local
+to their tensor, so int32 suffices for any tensor under 2^31 coordinates, a 7B model's included.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
@@ -32,6 +39,7 @@ from l2lzo.profiling import fold_gradients
 from l2lzo.sparsity import SPARSE_SCOPES
 
 FORMAT = "l2lzo-sensitivity-mask/1"
+ARTIFACT_INDICES, ARTIFACT_COUNTS = "mask.indices", "mask.counts"
 
 
 def squared_gradient_scores(model: torch.nn.Module,
@@ -128,14 +136,47 @@ class SensitivityMask:
                        list(json.loads(meta["tasks"])))
         except (KeyError, ValueError, TypeError) as exc:
             raise L2LZOError(f"{path} has malformed metadata: {exc!r}") from None
-        if set(indices) != set(sizes):
-            raise L2LZOError(f"{path}: its indices and its tensor sizes name different tensors")
-        for name, idx in indices.items():
+        return mask._checked(str(path))
+
+    def to_artifact(self) -> tuple[dict[str, np.ndarray], str]:
+        """The two artifact tensors (see the module docstring) and the ``mask`` metadata JSON."""
+        names = list(self.sizes)
+        arrays = {ARTIFACT_INDICES: torch.cat([self.indices[n] for n in names]).numpy(),
+                  ARTIFACT_COUNTS: np.array([self.indices[n].numel() for n in names], dtype=np.int64)}
+        meta = {"format": FORMAT, "density": self.density, "scope": self.scope, "tasks": self.tasks,
+                "sizes": [[n, self.sizes[n]] for n in names]}
+        return arrays, json.dumps(meta)
+
+    @classmethod
+    def from_artifact(cls, arrays: dict[str, np.ndarray], meta_json: str, fingerprint: str,
+                      where: str) -> SensitivityMask:
+        """The mask ``to_artifact`` wrote, checked like a mask file; ``where`` names the artifact in errors."""
+        try:
+            meta = json.loads(meta_json)
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, want {FORMAT}")
+            sizes = {str(n): int(size) for n, size in meta["sizes"]}
+            counts = torch.from_numpy(np.asarray(arrays[ARTIFACT_COUNTS]))
+            flat = torch.from_numpy(np.asarray(arrays[ARTIFACT_INDICES]).copy())
+            if counts.dtype != torch.int64 or counts.numel() != len(sizes) or int(counts.sum()) != flat.numel():
+                raise ValueError("its counts do not match its tensors and indices")
+            indices = dict(zip(sizes, flat.split(counts.tolist()), strict=True))
+            mask = cls(indices, sizes, float(meta["density"]), str(meta["scope"]), fingerprint,
+                       [str(t) for t in meta["tasks"]])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise L2LZOError(f"{where}: its sensitivity mask is malformed: {exc}") from None
+        return mask._checked(where)
+
+    def _checked(self, where: str) -> SensitivityMask:
+        """``self`` if its indices fit its sizes (sorted, unique, in range, int32), else a one-line error."""
+        if set(self.indices) != set(self.sizes):
+            raise L2LZOError(f"{where}: its indices and its tensor sizes name different tensors")
+        for name, idx in self.indices.items():
             if idx.dtype != torch.int32 or idx.dim() != 1:
-                raise L2LZOError(f"{path}: indices of {name} must be 1-d int32")
-            if not is_index_set(idx, sizes[name]):
-                raise L2LZOError(f"{path}: indices of {name} are not sorted, unique and in [0, {sizes[name]})")
-        return mask
+                raise L2LZOError(f"{where}: indices of {name} must be 1-d int32")
+            if not is_index_set(idx, self.sizes[name]):
+                raise L2LZOError(f"{where}: indices of {name} are not sorted, unique and in [0, {self.sizes[name]})")
+        return self
 
     def check_fingerprint(self, fingerprint: str) -> None:
         """Refuse a base model the mask was not made for."""
