@@ -201,3 +201,21 @@ def test_final_validation_tries_every_arm_on_its_own_grid_ships_the_best_and_res
     ran = len(calls)
     again = validation.final_validation(config, tmp_path / "p.safetensors", tmp_path, say=lambda _: None, masks=masks)
     assert len(calls) == ran and again["arms"] == result["arms"]  # every run read back from its results JSON
+
+
+def test_compare_and_show_say_the_policy_runs_on_its_mask(tmp_path, tiny_causal_dir, capsys):
+    from l2lzo.cli import main
+    from l2lzo.models import load_model
+
+    base = load_model(str(tiny_causal_dir))
+    path = masked_artifact(tmp_path / "p.safetensors", base, mask_for(base))
+    assert main(["finetune", "--model", str(tiny_causal_dir), "--task", str(toy_task(tmp_path)), "--steps", "2",
+                 "--eval-every", "2", "--batch-size", "4", "--train-size", "8", "--dev-size", "8", "--test-size", "8",
+                 "--policy", str(path), "--compare", "--output", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "the policy arm perturbs only its mask's coordinates (density 0.05, global, from 1 tasks)" in out
+    mezo = json.loads((tmp_path / "c.sigma1.json").read_text())
+    assert mezo["config"]["lr"] == 1e-3 and mezo["policy"] is None  # sigma = 1 at its own lr, dense
+    assert main(["policy", "show", str(path), "--model", str(tiny_causal_dir),
+                 "--output", str(tmp_path / "s.png")]) == 0
+    assert "sensitivity mask: density 0.05, global scope, from 1 tasks" in capsys.readouterr().out

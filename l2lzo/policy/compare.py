@@ -61,4 +61,8 @@ def comparison_table(comparison: Comparison) -> str:
     policy = results["policy"].policy
     lines.append(f"\npolicy {policy['model']}@{policy['version']} (sha256 {policy['sha256'][:12]}); results: "
                  f"{', '.join(r.config['output'] for r in results.values())}")
+    if policy.get("mask") and not (results["policy"].config["sparse_mask"] or results["policy"].config["sparsity"]):
+        mask = policy["mask"]
+        lines.append(f"the policy arm perturbs only its mask's coordinates (density {mask['density']:g}, "
+                     f"{mask['scope']}, from {len(mask['tasks'])} tasks); sigma = 1 perturbs all of them")
     return "\n".join(lines)

@@ -61,6 +61,11 @@ def describe(artifact: PolicyArtifact, rows: list[tuple[Block, float]], scheme: 
         lines.append(f"  validation, both at lr {validation.get('recommended_lr')}: dev loss policy "
                      f"{validation.get('dev_loss_policy'):.4f} vs sigma=1 {validation.get('dev_loss_mezo'):.4f}, "
                      f"wins {validation.get('wins')}/{validation.get('runs_at_recommended_lr')}")
+    if artifact.has_mask:
+        mask = artifact.summary()["mask"] or {}
+        chosen = f"; validation chose {validation['chosen_arm']}" if "chosen_arm" in validation else ""
+        lines.append(f"  sensitivity mask: density {mask.get('density')}, {mask.get('scope')} scope, from "
+                     f"{len(mask.get('tasks') or [])} tasks (ZO perturbs only these coordinates){chosen}")
     by_role: dict[str, list[float]] = defaultdict(list)
     for block, s in rows:
         by_role[block.role].append(s)
