@@ -12,7 +12,10 @@ Every run is one ``l2lzo finetune`` (same seeds, data, forwards, eps for all arm
    ``--own-best`` {0.5, 1, 2} x the arm's recommended lr; grown while the arm's best sits at an edge): the
    policy, sigma = 1 and the static baseline (sigma_b^2 ~ (G_b / d_b)^0.5 from 4 FO batches, bounded and
    normalised like the policy; ``l2lzo.profiling.gradient_profile_sigma``; its grid centres on sigma = 1's lr);
-   each arm is scored at the lr with its best mean final dev loss, so a win is not just an lr change.
+   each arm is scored at the lr with its best mean final dev loss, so a win is not just an lr change. A random
+   shape (``random-shape``: log sigma_b uniform over the policy's range, seeded per run, normalised like the
+   policy's) is the control for the shape itself. With a policy that carries a sensitivity mask, both controls
+   run on that mask and their grids centre on the policy's lr, so they differ from the policy in the shape only.
 3. **transfer** (``--derivative TASK``) -- the base model fine-tuned with FO-Adam on TASK (a task the evaluation
    does not use) is a derivative with the base's fingerprint; the policy vs sigma = 1 from there.
 
@@ -41,6 +44,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from l2lzo.blocks import discover_blocks
 from l2lzo.files import atomic_write_text, write_json
 from l2lzo.finetune import DEFAULT_EPS, FinetuneConfig, finetune, grouped_loss
 from l2lzo.lr_grid import extend_at_edges, scaled_grid
@@ -49,11 +53,13 @@ from l2lzo.plotting import save_png, subplots
 from l2lzo.policy.artifact import PolicyArtifact
 from l2lzo.policy.source import open_policy
 from l2lzo.profiling import gradient_profile_sigma
+from l2lzo.schemes import apply_scheme
 from l2lzo.scoring import Scorer
 from l2lzo.tasks import load_task
 from meta_train.config import EVALUATION_TASKS
 
-ARMS = ("policy", "sigma=1", "static")
+ARMS = ("policy", "sigma=1", "static", "random-shape")
+SHAPE_CONTROLS = ("static", "random-shape")
 
 
 #: Settings a stored run must share with the requested one to be reused (the rest is in its file name).
@@ -75,7 +81,15 @@ def run_arm(base: FinetuneConfig, arm: str, policy: PolicyArtifact | None, out: 
         return data["summary"]
     config = replace(base, model=model or base.model, output=str(path),
                      policy=str(policy.path) if arm == "policy" else None)
+    if arm in SHAPE_CONTROLS and policy is not None and policy.has_mask:  # the shape controls share its mask
+        mask_file = out / f"mask_{policy.sha256[:12]}.safetensors"
+        if not mask_file.exists():
+            policy.mask().save(mask_file)
+        config = replace(config, sparse_mask=str(mask_file))
     hook = None
+    if arm == "random-shape":
+        blocks = discover_blocks(apply_scheme(load_model(config.model), config.scheme).model)
+        hook = _StaticSigma(random_shape(blocks, seed=config.seed))
     if arm == "static":
         loaded = load_model(config.model)
         splits = load_task(config.task, seed=config.seed, train_size=config.train_size)
@@ -99,8 +113,22 @@ def run_arm(base: FinetuneConfig, arm: str, policy: PolicyArtifact | None, out: 
     return summary
 
 
+def random_shape(blocks, seed: int, max_ratio: float = 4.0) -> dict[str, float]:
+    """A random per-block sigma over the learned policy's range (log sigma_b uniform in +-log(max_ratio) / 2, so no
+    two blocks differ by more than ``max_ratio``), normalised like the policy's (sum_b d_b sigma_b^2 = sum_b d_b)."""
+    import torch
+
+    from l2lzo.policy.network import normalised
+
+    half_range = math.log(max_ratio) / 2
+    g = torch.Generator().manual_seed(seed)
+    log_sigma = (torch.rand(len(blocks), generator=g, dtype=torch.float64) * 2 - 1) * half_range
+    sigma = normalised(torch.exp(log_sigma), torch.tensor([b.numel for b in blocks], dtype=torch.float64))
+    return {b.name: float(s) for b, s in zip(blocks, sigma, strict=True)}
+
+
 class _StaticSigma:
-    """The static baseline's sigma as a hook (named, so results files say what ran)."""
+    """A fixed sigma as a hook (the static and random-shape controls; named, so results files say what ran)."""
 
     def __init__(self, sigma: dict[str, float]):
         self.sigma = sigma
@@ -174,6 +202,14 @@ def headline_lrs(flag: float | None, artifact: PolicyArtifact) -> tuple[float, d
         return policy_lr, {"policy": policy_lr, "sigma=1": sigma1}, "each arm at its own validated lr"
     return policy_lr, {"policy": policy_lr, "sigma=1": policy_lr}, (
         "both at the policy's lr: this artifact records no validated lr for sigma = 1")
+
+
+def _grid_centre(arm: str, artifact: PolicyArtifact) -> str:
+    """Whose recommended lr an arm's {0.5, 1, 2} grid centres on: a shape control on the policy's mask takes the
+    policy's (a mask moves theta less per step), on a dense z sigma = 1's."""
+    if arm in SHAPE_CONTROLS:
+        return "policy" if artifact.has_mask else "sigma=1"
+    return arm
 
 
 def make_derivative(model: str, task: str, out: Path, steps: int = 60) -> Path:
@@ -276,7 +312,7 @@ def main() -> None:
         grids, best = {}, {}
         for arm in ARMS:
             start = ([float(x) for x in args.lr_grid.split(",")] if args.lr_grid
-                     else scaled_grid(arm_lr["sigma=1" if arm == "static" else arm]))
+                     else scaled_grid(arm_lr[_grid_centre(arm, artifact)]))
 
             def run_lr(value: float, _arm: str = arm) -> None:
                 for task in grid_tasks:
@@ -296,7 +332,8 @@ def main() -> None:
         summary["own_best_lr"] = {"grid": grids, "best_lr": best,
                                   "policy_vs_sigma1": paired(at_best, "policy", "sigma=1"),
                                   "policy_vs_static": paired(at_best, "policy", "static"),
-                                  "static_vs_sigma1": paired(at_best, "static", "sigma=1"), "rows": rows}
+                                  "static_vs_sigma1": paired(at_best, "static", "sigma=1"),
+                                  "policy_vs_random_shape": paired(at_best, "policy", "random-shape"), "rows": rows}
 
     if args.derivative:
         folder = make_derivative(args.model, args.derivative, out)
@@ -378,6 +415,8 @@ def report(summary: dict, command: str) -> str:
                   f"{_fmt(grid['policy_vs_sigma1'])}",
                   f"  - policy vs static gradient profile: {_fmt(grid['policy_vs_static'])}",
                   f"  - static vs sigma=1: {_fmt(grid['static_vs_sigma1'])}"]
+        if "policy_vs_random_shape" in grid:
+            lines.append(f"  - policy vs a random shape of its range: {_fmt(grid['policy_vs_random_shape'])}")
     if "transfer" in summary:
         t = summary["transfer"]
         lines.append(f"- **Transfer** (derivative fine-tuned on {t['fine_tuned_on']}): {_fmt(t['policy_vs_sigma1'])}")

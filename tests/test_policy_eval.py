@@ -86,3 +86,35 @@ def test_lr_grids_grow_past_an_edge_only_while_the_best_sits_there():
     assert extend_at_edges([1e-4, 2e-4], ran.append, best)[0] == [1e-4, 2e-4]  # a short grid is taken as given
     assert extend_at_edges([0.25, 0.5, 1.0], ran.append, lambda g: [1.0])[0] == [0.25, 0.5, 1.0]  # lr stays <= 1
     assert ran == [1e-5, 5e-6]
+
+
+def test_a_random_shape_is_seeded_bounded_by_the_policys_range_and_normalised(tiny_causal):
+    import torch
+
+    from l2lzo.blocks import discover_blocks
+
+    blocks = discover_blocks(tiny_causal.model)
+    shape = policy_eval.random_shape(blocks, seed=3)
+    assert shape == policy_eval.random_shape(blocks, seed=3) != policy_eval.random_shape(blocks, seed=4)
+    values = torch.tensor([shape[b.name] for b in blocks], dtype=torch.float64)
+    d = torch.tensor([b.numel for b in blocks], dtype=torch.float64)
+    assert float(values.max() / values.min()) <= 4.0 and float((d * values**2).sum()) == pytest.approx(float(d.sum()))
+
+
+def test_shape_controls_run_on_a_masked_policys_mask_at_its_lr(tmp_path, tiny_causal_dir):
+    from test_policy_mask import mask_for, masked_artifact, toy_task
+
+    from l2lzo.models import load_model
+    from l2lzo.policy.artifact import PolicyArtifact
+
+    base = load_model(str(tiny_causal_dir))
+    artifact = PolicyArtifact.from_file(masked_artifact(tmp_path / "p.safetensors", base, mask_for(base)))
+    config = FinetuneConfig(model=str(tiny_causal_dir), task=str(toy_task(tmp_path)), steps=2, eval_every=2,
+                            batch_size=4, train_size=8, dev_size=8, test_size=8, lr=1e-3)
+    row = policy_eval.run_arm(config, "random-shape", artifact, tmp_path / "runs")
+    saved = json.loads((tmp_path / "runs" / "toy_random-shape_lr0.001_s0.json").read_text())
+    assert saved["config"]["sparse_mask"].endswith(f"mask_{artifact.sha256[:12]}.safetensors")
+    assert saved["policy"]["kind"] == "sigma hook" and row["arm"] == "random-shape"
+    assert policy_eval._grid_centre("random-shape", artifact) == "policy"
+    assert policy_eval._grid_centre("static", artifact) == "policy"
+    assert policy_eval._grid_centre("sigma=1", artifact) == "sigma=1"
