@@ -12,6 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
+from registry.artifact import parse_artifact
 from registry.errors import InvalidArtifact, RegistryError
 from registry.ids import model_dirname
 from registry.store import Registry
@@ -40,9 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=_run_show)
 
-    push = sub.add_parser("push", help="validate a policy file and store it as the model's next version")
-    push.add_argument("file", metavar="FILE", help="policy artifact (.safetensors)")
-    push.add_argument("--model", required=True, help="base model id; must match the file's base_model metadata")
+    push = sub.add_parser("push", help="validate a policy file and store it as the model's next version",
+                          description="Push FILE as --model's next version, or with --shipped every policy that "
+                                      "ships with l2lzo, each under its own base model (a file the model's latest "
+                                      "version already holds is not pushed again).")
+    push.add_argument("file", metavar="FILE", nargs="?", help="policy artifact (.safetensors)")
+    push.add_argument("--model", help="base model id; must match the file's base_model metadata")
+    push.add_argument("--shipped", action="store_true",
+                      help="seed the registry with the policies shipped with l2lzo instead of FILE")
     push.set_defaults(func=_run_push)
 
     pull = sub.add_parser("pull", help="copy a stored version to a file (checked against its sha256)")
@@ -109,15 +115,35 @@ def _run_show(args: argparse.Namespace) -> None:
 
 def _run_push(args: argparse.Namespace) -> None:
     registry = _open(args)
-    path = Path(args.file)
+    if args.shipped == (args.file is not None):
+        raise RegistryError("registry push takes FILE --model MODEL, or --shipped")
+    if args.shipped:
+        from l2lzo.policy.zoo import shipped_files
+
+        paths = shipped_files()
+        if not paths:
+            raise RegistryError("this l2lzo ships no policies")
+        for path in paths:
+            data = _read(path, registry)
+            _push(registry, data, parse_artifact(data, max_bytes=registry.max_bytes).metadata["base_model"])
+        return
+    if args.model is None:
+        raise RegistryError("registry push FILE needs --model")
+    _push(registry, _read(Path(args.file), registry), args.model)
+
+
+def _read(path: Path, registry: Registry) -> bytes:
     try:
         size = path.stat().st_size
         if size > registry.max_bytes:
             raise InvalidArtifact(f"{path} is {size} bytes, limit {registry.max_bytes}")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise RegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
-    record, created = registry.push(data, args.model)
+
+
+def _push(registry: Registry, data: bytes, model: str) -> None:
+    record, created = registry.push(data, model)
     if created:
         print(f"pushed {record.model} version {record.version} ({record.size} bytes, sha256 {record.sha256}) "
               f"to {registry.root}")

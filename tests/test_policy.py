@@ -232,12 +232,12 @@ def test_the_static_gradient_baseline_is_bounded_normalised_and_runs(tmp_path, t
     assert result.policy["kind"] == "sigma hook"
 
 
-def _compare(tmp_path, tiny_causal_dir, *extra):
+def _compare(tmp_path, tiny_causal_dir, *extra, policy=None):
     task = toy_task(tmp_path / "toy.jsonl")
     assert main(["finetune", "--model", str(tiny_causal_dir), "--task", str(task), "--steps", "2",
                  "--eval-every", "2", "--batch-size", "4", "--train-size", "8", "--dev-size", "8", "--test-size", "8",
-                 "--policy", str(tmp_path / "p.safetensors"), "--compare", "--output", str(tmp_path / "c.json"),
-                 *extra]) == 0
+                 "--policy", policy or str(tmp_path / "p.safetensors"), "--compare", "--output",
+                 str(tmp_path / "c.json"), *extra]) == 0
     learned, mezo = (json.loads((tmp_path / f"c.{arm}.json").read_text()) for arm in ("policy", "sigma1"))
     assert learned["policy"]["learned"] and mezo["policy"] is None
     assert learned["config"]["seed"] == mezo["config"]["seed"]
@@ -252,6 +252,21 @@ def test_finetune_compare_runs_mezo_at_its_own_validated_lr(tmp_path, tiny_causa
     assert "| sigma=1 | 0.005 (its own validation (same runs)) |" in out
     assert _compare(tmp_path, tiny_causal_dir, "--lr", "1e-3") == (1e-3, 1e-3)  # --lr: both arms
     assert "| sigma=1 | 0.001 (--lr (both arms)) |" in capsys.readouterr().out
+
+
+def test_compare_with_auto_on_an_empty_registry_uses_the_shipped_policy(tmp_path, tiny_causal, tiny_causal_dir,
+                                                                        monkeypatch):
+    import l2lzo.policy.zoo as zoo
+
+    monkeypatch.setenv("L2LZO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    write_artifact(tmp_path / "shipped" / "tiny.safetensors", tiny_causal, sigma1_lr=5e-3)
+    with pytest.warns(PolicyWarning, match="no policy for .* using the policy shipped with l2lzo"):
+        lrs = _compare(tmp_path, tiny_causal_dir, "--registry", str(tmp_path / "empty"), policy="auto")
+    assert lrs == (2e-3, 5e-3)  # the shipped policy's lr, and MeZO at its own validated lr
+    used = json.loads((tmp_path / "c.policy.json").read_text())["policy"]
+    assert used["path"] == str(tmp_path / "shipped" / "tiny.safetensors")
 
 
 def test_finetune_compare_with_an_older_artifact_says_both_run_at_the_policy_lr(

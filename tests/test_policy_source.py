@@ -195,3 +195,28 @@ def test_the_local_registry_and_the_service_give_the_same_answer(registry, serve
         else:
             assert local[0] == served[0] == "error", (case, local, served)
             assert wanted[1] in local[1] and wanted[1] in served[1], (case, local[1], served[1])
+
+
+def test_auto_falls_back_to_the_shipped_policy_when_neither_source_has_one(registry, server, tmp_path,
+                                                                           monkeypatch):
+    import l2lzo.policy.zoo as zoo
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "other.safetensors").write_bytes(make_artifact("other", seed=5, fingerprint=OTHER_FINGERPRINT))
+    (shipped / "base.safetensors").write_bytes(make_artifact("base-model", seed=4))
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", shipped)
+    for where in ({"registry_root": str(registry.root)}, {"server": server}):
+        with pytest.warns(PolicyWarning, match="using the policy shipped with l2lzo"):
+            artifact = resolve_policy("auto", model_id="base-model", fingerprint=FINGERPRINT, **where)
+        assert artifact.path == shipped / "base.safetensors" and artifact.fingerprint == FINGERPRINT
+        # No shipped policy fits this fingerprint: sigma = 1, as before.
+        assert answer("auto", "nobody", NOWHERE, **where) == (None, True)
+    # A policy in the registry is preferred to the shipped one, and a named policy never falls back.
+    registry.push(make_artifact("base-model", seed=1), "base-model")
+    assert answer("auto", "base-model", FINGERPRINT, server=server)[0] == "base-model@1"
+    assert answer("nobody", None, FINGERPRINT, registry_root=str(registry.root))[0] == "error"
+    (shipped / "base.safetensors").write_bytes(b"not a policy")
+    assert answer("auto", "base-model", FINGERPRINT, registry_root=str(registry.root))[0] == "base-model@1"
+    with pytest.raises(L2LZOError, match=r"base\.safetensors is not a valid policy"):
+        resolve_policy("auto", model_id="x", fingerprint="ab" * 32, registry_root=str(tmp_path / "empty"))

@@ -120,3 +120,43 @@ def test_default_root_from_environment(tmp_path, monkeypatch, policy_file, capsy
     _run("registry", "push", str(policy_file), "--model", "huggingfacetb/smollm2-135m")
     assert str(tmp_path / "env-registry") in capsys.readouterr().out
     assert Registry(tmp_path / "env-registry").models() == ["huggingfacetb/smollm2-135m"]
+
+
+def test_push_shipped_seeds_every_shipped_policy_once(root, tmp_path, capsys, monkeypatch):
+    import l2lzo.policy.zoo as zoo
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "a.safetensors").write_bytes(make_artifact("HuggingFaceTB/SmolLM2-135M", seed=1))
+    (shipped / "b.safetensors").write_bytes(make_artifact("sentence-transformers/all-MiniLM-L6-v2", seed=2))
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", shipped)
+    _run("registry", "--registry", root, "push", "--shipped")
+    assert capsys.readouterr().out.count("pushed ") == 2
+    registry = Registry(root)
+    assert [s.latest.model for s in registry.summaries()] == ["huggingfacetb/smollm2-135m",
+                                                              "sentence-transformers/all-minilm-l6-v2"]
+    _run("registry", "--registry", root, "push", "--shipped")  # seeding twice stores nothing new
+    assert capsys.readouterr().out.count("nothing pushed") == 2
+    assert [s.count for s in registry.summaries()] == [1, 1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shipped", "FILE"], "FILE --model MODEL, or --shipped"),
+    ([], "FILE --model MODEL, or --shipped"),
+    (["FILE"], "needs --model"),
+])
+def test_push_needs_a_file_and_model_or_shipped(root, policy_file, argv, message):
+    argv = [str(policy_file) if a == "FILE" else a for a in argv]
+    with pytest.raises(RegistryError, match=message):
+        _run("registry", "--registry", root, "push", *argv)
+
+
+def test_the_shipped_policies_are_valid_artifacts():
+    from l2lzo.policy.zoo import shipped_files
+    from registry import parse_artifact
+
+    paths = shipped_files()
+    assert paths, "l2lzo ships no policy (README, 'Shipped policies')"
+    for path in paths:
+        metadata = parse_artifact(path.read_bytes()).metadata
+        assert metadata["base_model"] and metadata["fingerprint"] and "recommended_lr_sigma1" in metadata, path

@@ -4,7 +4,8 @@
 * ``MODEL[@VERSION]``: that registry entry (``latest`` by default), from the service at ``--server`` or else
   from the local registry (``--registry``, ``$L2LZO_REGISTRY``, or the XDG default).
 * ``auto``: the fine-tuned model's own policy, else any policy trained for its architecture fingerprint
-  (a derivative finds its base's); when there is none, a ``PolicyWarning`` and sigma = 1 (MeZO).
+  (a derivative finds its base's), else the policy shipped with l2lzo for that fingerprint
+  (``l2lzo.policy.zoo``); when there is none, a ``PolicyWarning`` and sigma = 1 (MeZO).
 
 ``resolve_policy`` is the one resolver for ``finetune``, ``finetune-batch`` and the benchmark probes, and the
 service and the local registry answer it by the same rule (``_Service`` and ``_Local`` offer the same two
@@ -26,6 +27,7 @@ from l2lzo.errors import L2LZOError
 from l2lzo.files import atomic_write_bytes
 from l2lzo.paths import cache_dir
 from l2lzo.policy.artifact import MEZO_SIGMA, PolicyArtifact
+from l2lzo.policy.zoo import shipped_files
 from registry import NotFound, Registry, RegistryError, parse_artifact
 
 AUTO = "auto"
@@ -83,8 +85,9 @@ def resolve_policy(spec: str, *, model_id: str | None, fingerprint: str, server:
       any model trained for ``fingerprint``; that also holds when the model's own entry is another
       architecture's (a ``PolicyWarning`` says it was passed over). ``auto`` asks for a policy that fits this
       model, and only the fingerprint says whether one does: a matching name proves nothing (a reused id,
-      another revision), and falling back to MeZO because of it would drop a policy that fits. Nothing fits:
-      a ``PolicyWarning`` and None.
+      another revision), and falling back to MeZO because of it would drop a policy that fits. Neither
+      source has one: the policy shipped with l2lzo for ``fingerprint``, if any, with a ``PolicyWarning``
+      that says so; nothing fits: a ``PolicyWarning`` and None.
     """
     parsed = parse_policy_spec(spec)
     if parsed.kind == "file":
@@ -110,15 +113,30 @@ def _auto(source: _Local | _Service, model_id: str | None, fingerprint: str) -> 
     if own is not None and own.fingerprint == fingerprint:
         return own
     found = source.by_fingerprint(fingerprint)
+    shipped = _shipped(fingerprint) if found is None else None
+    if found is not None:
+        instead = f"using {found.label()}, found by fingerprint"
+    elif shipped is not None:
+        instead = f"using the policy shipped with l2lzo, {shipped.label()}"
+    else:
+        instead = MEZO_SIGMA
     if own is not None:
-        instead = f"using {found.label()}, found by fingerprint" if found is not None else MEZO_SIGMA
         warnings.warn(f"the policy for {model_id}, {own.label()}, was trained for fingerprint "
                       f"{str(own.fingerprint)[:12]}..., not this model's {fingerprint[:12]}...: {instead}",
                       PolicyWarning, stacklevel=4)
     elif found is None:
         warnings.warn(f"no policy for {model_id or 'this model'} (fingerprint {fingerprint[:12]}...) in "
-                      f"{source.where}: {MEZO_SIGMA}", PolicyWarning, stacklevel=4)
-    return found
+                      f"{source.where}: {instead}", PolicyWarning, stacklevel=4)
+    return found or shipped
+
+
+def _shipped(fingerprint: str) -> PolicyArtifact | None:
+    """The shipped policy trained for ``fingerprint`` (the first by file name), or None."""
+    for path in shipped_files():
+        artifact = _from_file(path)
+        if artifact.fingerprint == fingerprint:
+            return artifact
+    return None
 
 
 def _from_file(path: Path) -> PolicyArtifact:
