@@ -7,7 +7,10 @@ Layout of ``output_dir``::
     results.json, results.md      the table over all tasks, with the optimizer plan and policy provenance
     dev_accuracy.png              dev accuracy against step, one line per task
 
-A rerun skips tasks whose results file exists with the same run config, so an interrupted batch resumes.
+With ``save_dir`` (``--save-dir DIR``), each task's best-dev weights go to ``DIR/<task>`` (``l2lzo.export``).
+
+A rerun skips tasks whose results file exists with the same run config (and, with ``save_dir``, whose weights
+are in ``DIR/<task>``), so an interrupted batch resumes.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from l2lzo.errors import L2LZOError
+from l2lzo.export import check_save_target
 from l2lzo.files import atomic_write_text, write_json
-from l2lzo.finetune import FinetuneConfig, finetune, resolve_run_policy
+from l2lzo.finetune import FinetuneConfig, changed_settings, finetune, resolve_run_policy
 from l2lzo.plotting import pyplot, save_png
 from l2lzo.policy.plan import OptimizerPlan
 from l2lzo.policy.source import AUTO
@@ -41,6 +45,8 @@ class BatchConfig:
     registry: str | None = None
     output_dir: str | None = None  # default results/batch/<model>_<optimizer>_<scheme>
     ray: bool = False
+    save_dir: str | None = None  # each task's best-dev weights go to save_dir/<task stem>
+    overwrite: bool = False  # replace non-empty save_dir/<task stem> folders
     finetune: dict = field(default_factory=dict)  # other FinetuneConfig fields: batch_size, seed, train_size, ...
 
     def output_path(self) -> Path:
@@ -63,8 +69,11 @@ class BatchConfig:
         output = self.output_path() / "tasks" / f"{_task_stem(task)}.json"
         # The resolved file itself: every task runs exactly the policy the plan verified.
         policy = str(plan.policy.path) if plan.policy is not None and plan.policy.is_learned else None
+        # Absolute: a Ray worker need not share this process's working directory.
+        save = str(Path(self.save_dir).expanduser().absolute() / _task_stem(task)) if self.save_dir else None
         return replace(self.base_config(), task=task, steps=plan.steps, lr=plan.lr, eps=plan.eps,
-                       output=str(output), policy=policy, server=None, registry=None)
+                       output=str(output), policy=policy, server=None, registry=None, save=save,
+                       overwrite=self.overwrite).with_scheme_knobs()
 
     def validate(self) -> None:
         if not self.tasks:
@@ -102,7 +111,13 @@ def finetune_batch(config: BatchConfig, progress: bool = True, say=print) -> dic
         cfg.validate()
     policy_sha256 = plan.policy.sha256 if plan.policy is not None and plan.policy.is_learned else None
     done = {task: _finished(cfg, policy_sha256) for task, cfg in configs.items()}
+    for task, cfg in configs.items():
+        if done[task] is not None and cfg.save and not _saved(done[task], cfg.save):
+            done[task] = None  # trained, but its weights are not in --save-dir: train it again to save them
     pending = [task for task in config.tasks if done[task] is None]
+    for task in pending:  # every folder is checked before any task trains
+        if configs[task].save:
+            check_save_target(configs[task].save, config.overwrite, flag="--save-dir: task folder")
     for i, task in enumerate(config.tasks, 1):
         if done[task] is not None:
             say(f"[{i}/{len(config.tasks)}] {task}: already done ({configs[task].output}), skipped")
@@ -132,14 +147,22 @@ def _finished(cfg: FinetuneConfig, policy_sha256: str | None) -> dict | None:
         previous = results["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise L2LZOError(f"{path} is not a results file ({exc}); move it away to rerun that task") from exc
-    expected = asdict(cfg)
-    changed = sorted(k for k in expected if k != "policy" and previous.get(k) != expected[k])
+    changed = changed_settings(previous, cfg, ignore=_NOT_COMPARED)
     if ((results.get("policy") or {}).get("sha256") if cfg.policy else None) != policy_sha256:
         changed.append("policy")
     if changed:
         raise L2LZOError(f"{path} was made with different settings ({', '.join(changed)}): "
                          "use another --output-dir, or delete it to retrain")
     return results
+
+
+_NOT_COMPARED = ("policy", "save", "overwrite")  # the policy is compared by sha256; where weights go is no setting
+
+
+def _saved(results: dict, path: str) -> bool:
+    """Whether ``results`` say their weights went to ``path`` and that folder still holds them."""
+    folder = Path(path)
+    return (results.get("saved") or {}).get("path") == str(folder) and folder.is_dir() and any(folder.iterdir())
 
 
 def _run_here(configs: list[FinetuneConfig], progress: bool, say) -> dict[str, dict]:
@@ -202,6 +225,7 @@ def _row(outcome: TaskOutcome) -> dict:
             "test_accuracy_before": r["initial_test"]["accuracy"], "test_accuracy_after": r["final_test"]["accuracy"],
             "test_loss_before": r["initial_test"]["loss"], "test_loss_after": r["final_test"]["loss"],
             "wall_seconds": r["wall_seconds"], "results": r["config"]["output"],
+            "saved": (r.get("saved") or {}).get("path"),
             "evals": [{"step": e["step"], "dev_accuracy": e["dev_accuracy"]} for e in r["evals"]]}
 
 

@@ -55,6 +55,11 @@ def _add_finetune(sub) -> None:
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after this many seconds of training (steps + profiling; evals not counted)")
     p.add_argument("--output", default=None, help="results JSON path (default: results/<run>.json)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="write the best-dev weights to DIR: a save_pretrained folder with the tokenizer (full), "
+                        "else a peft adapter folder (PeftModel.from_pretrained on the base model)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save folder")
+    _add_peft_options(p.add_argument_group("peft schemes (lora, prefix, prompt)"))
     policy = p.add_argument_group("learned policy (zo-sgd, zo-sgd-mmt, zo-sgd-cons, forward-grad)")
     _add_policy_options(policy, "sigma = 1")
     policy.add_argument("--compare", action="store_true",
@@ -62,6 +67,24 @@ def _add_finetune(sub) -> None:
                              "one, else the policy's) and print both side by side")
     _add_structure_options(p.add_argument_group("structured ZO (ZO optimizers only)"), d)
     p.set_defaults(func=_run_finetune)
+
+
+def _add_peft_options(group) -> None:
+    """--lora-r, --lora-alpha, --lora-dropout, --lora-targets, --num-virtual-tokens (``SchemeConfig``); not given:
+    the scheme's defaults. The same for finetune and finetune-batch."""
+    from l2lzo.schemes import SchemeConfig
+
+    d = SchemeConfig()
+    group.add_argument("--lora-r", type=int, default=None, help=f"LoRA rank (lora; default {d.lora_rank})")
+    group.add_argument("--lora-alpha", type=int, default=None, help=f"LoRA alpha (lora; default {d.lora_alpha})")
+    group.add_argument("--lora-dropout", type=float, default=None,
+                       help=f"LoRA dropout, in [0, 1) (lora; default {d.lora_dropout}); l2lzo trains with dropout "
+                            "off, so it acts only where the saved adapter is trained further")
+    group.add_argument("--lora-targets", default=None, metavar="NAMES",
+                       help="comma-separated module names LoRA wraps (lora; default: the attention query and value "
+                            "projections, q_proj,v_proj / query,value / c_attn)")
+    group.add_argument("--num-virtual-tokens", type=int, default=None,
+                       help=f"virtual tokens (prefix: default {d.prefix_tokens}; prompt: default {d.prompt_tokens})")
 
 
 def _add_plan_options(p) -> None:
@@ -127,6 +150,8 @@ def _run_finetune(args) -> None:
         from l2lzo.policy.compare import compare, comparison_table
 
         config.validate()
+        if config.save:
+            raise L2LZOError("--save keeps one run's weights; --compare runs two: save without --compare")
         print(comparison_table(compare(config, say=print)))
         return
     result = finetune(config, say=print)
@@ -161,6 +186,10 @@ def _add_finetune_batch(sub) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     p.add_argument("--noise", choices=NOISE_KINDS, default=d.noise, help="ZO noise source")
     p.add_argument("--output-dir", default=None, help="default: results/batch/<model>_<optimizer>_<scheme>")
+    p.add_argument("--save-dir", default=None, metavar="DIR",
+                   help="write each task's best-dev weights to DIR/<task> (as finetune --save does)")
+    p.add_argument("--overwrite", action="store_true", help="replace non-empty DIR/<task> folders")
+    _add_peft_options(p.add_argument_group("peft schemes (lora, prefix, prompt)"))
     p.add_argument("--ray", action="store_true", help="run tasks in parallel as Ray tasks (one CPU each)")
     p.set_defaults(func=_run_finetune_batch)
 
@@ -254,13 +283,14 @@ def _run_profile_sensitivity(args) -> None:
 
 def _run_finetune_batch(args) -> None:
     from l2lzo.batch import BatchConfig, finetune_batch
+    from l2lzo.finetune import SCHEME_KNOBS
 
     shared = ("batch_size", "seed", "n_queries", "train_size", "dev_size", "test_size", "eval_every", "max_length")
     config = BatchConfig(
         model=args.model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], optimizer=args.optimizer,
         scheme=args.scheme, steps=args.steps, lr=args.lr, eps=args.eps, policy=args.policy, server=args.server,
-        registry=args.registry, output_dir=args.output_dir, ray=args.ray,
-        finetune={k: getattr(args, k) for k in (*shared, "noise")})
+        registry=args.registry, output_dir=args.output_dir, ray=args.ray, save_dir=args.save_dir,
+        overwrite=args.overwrite, finetune={k: getattr(args, k) for k in (*shared, "noise", *SCHEME_KNOBS)})
     finetune_batch(config)
 
 

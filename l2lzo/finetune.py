@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from l2lzo.blocks import GROUP_LEVELS, discover_blocks, group_blocks
 from l2lzo.errors import L2LZOError, check_choice
+from l2lzo.export import check_save_target, save_weights
 from l2lzo.files import write_json
 from l2lzo.indexed_perturbation import IndexedPerturbationEngine
 from l2lzo.models import LoadedModel, fingerprint, load_model
@@ -29,7 +31,7 @@ from l2lzo.policy.plan import OptimizerPlan, resolve_plan
 from l2lzo.policy.sensitivity import SensitivityMask
 from l2lzo.policy.source import parse_policy_spec, resolve_policy
 from l2lzo.profiling import METRICS, GroupImportance, choose_fo_groups, profile_layers, profile_records
-from l2lzo.schemes import apply_scheme, check_scheme
+from l2lzo.schemes import SchemeConfig, apply_scheme, check_scheme
 from l2lzo.scoring import Scorer
 from l2lzo.sparsity import SENSITIVE, SparsityConfig
 from l2lzo.tasks import Example, TaskSplits, load_task
@@ -43,6 +45,22 @@ DEFAULT_LR = {
 }
 DEFAULT_EPS = 1e-3
 DEFAULT_STEPS = 400
+
+
+SCHEME_KNOBS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "num_virtual_tokens")
+
+
+def scheme_knobs(scheme: str, config: SchemeConfig | None = None) -> dict:
+    """``FinetuneConfig``'s peft knobs for ``scheme`` from ``config`` (default: the defaults); knobs of other
+    schemes are None. ``lora_targets`` stays None when not given (the attention projections the model names)."""
+    c = config or SchemeConfig()
+    knobs = dict.fromkeys(SCHEME_KNOBS)
+    if scheme == "lora":
+        knobs.update(lora_r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                     lora_targets=None if c.lora_targets is None else ",".join(c.lora_targets))
+    elif scheme in ("prefix", "prompt"):
+        knobs["num_virtual_tokens"] = c.prefix_tokens if scheme == "prefix" else c.prompt_tokens
+    return knobs
 
 
 def default_lr(optimizer: str, scheme: str) -> float:
@@ -91,6 +109,27 @@ class FinetuneConfig:
     policy: str | None = None
     server: str | None = None  # policy service URL (else the local registry)
     registry: str | None = None  # local registry root (default: $L2LZO_REGISTRY, else the XDG data dir)
+    # peft knobs (l2lzo.schemes.SchemeConfig); None: the scheme's default. Each applies to its schemes only.
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    lora_targets: str | None = None  # comma-separated module names; None: the attention query/value projections
+    num_virtual_tokens: int | None = None  # prefix and prompt
+    # Where the best-dev weights go (l2lzo.export): a save_pretrained folder (full) or a peft adapter folder.
+    save: str | None = None
+    overwrite: bool = False  # replace a non-empty ``save`` folder
+
+    def scheme_config(self) -> SchemeConfig:
+        """The peft knobs as ``apply_scheme`` takes them (checked there: one-line errors)."""
+        given = {"lora_rank": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+                 "lora_targets": None if self.lora_targets is None
+                 else tuple(t.strip() for t in self.lora_targets.split(",")),
+                 "prefix_tokens": self.num_virtual_tokens, "prompt_tokens": self.num_virtual_tokens}
+        return SchemeConfig(**{k: v for k, v in given.items() if v is not None})
+
+    def with_scheme_knobs(self) -> FinetuneConfig:
+        """This config with the knobs of its scheme resolved (given, else the default), as results record them."""
+        return replace(self, **scheme_knobs(self.scheme, self.scheme_config()))
 
     def plan(self, policy: PolicyArtifact | None = None) -> OptimizerPlan:
         """This run's lr, eps and steps with ``policy`` and where each came from (``l2lzo.policy.plan.resolve_plan``:
@@ -147,6 +186,13 @@ class FinetuneConfig:
         check_choice("hybrid FO optimizer", self.hybrid_fo_optimizer, HYBRID_FO)
         check_unit_interval("hybrid FO lr", self.resolved_fo_lr())
         check_choice("importance metric", self.profile_metric, METRICS)
+        self.scheme_config()  # its own checks
+        knobs = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_targets"),
+                 "prefix": ("num_virtual_tokens",), "prompt": ("num_virtual_tokens",)}.get(self.scheme, ())
+        stray = [k for k in SCHEME_KNOBS if getattr(self, k) is not None and k not in knobs]
+        if stray:
+            owner = "prefix and prompt" if stray[0] == "num_virtual_tokens" else "lora"
+            raise L2LZOError(f"--{stray[0].replace('_', '-')} applies to --scheme {owner}, not {self.scheme}")
         checks = [
             (plan.steps >= 1, f"--steps must be >= 1, got {plan.steps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
@@ -189,6 +235,8 @@ class FinetuneResult:
     policy: dict | None = None  # the learned policy used (model, version, sha256, ...); None: sigma = 1
     policy_seconds_per_step: float = 0.0  # time the policy took per step (features and network)
     final_sigma: dict[str, float] = field(default_factory=dict)  # the policy's sigma at the last step, by block
+    peft: dict | None = None  # the peft config the scheme ran with (type, r, alpha, targets, virtual tokens)
+    saved: dict | None = None  # where --save wrote the best-dev weights: path, format (l2lzo.export)
 
 
 def peak_rss_mb() -> float:
@@ -252,6 +300,8 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     if sigma_hook is not None and config.policy:
         raise L2LZOError("give a policy or a sigma hook, not both")
     config.validate()
+    if config.save:
+        check_save_target(config.save, config.overwrite)
     start = time.perf_counter()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -264,10 +314,10 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     plan = config.plan(policy)
     if say is not None:
         say(f"plan: {plan.describe()}")
-    config = replace(config, lr=plan.lr, eps=plan.eps, steps=plan.steps)
+    config = replace(config, lr=plan.lr, eps=plan.eps, steps=plan.steps).with_scheme_knobs()
     if config.sparse_mask:  # made for the base model: its fingerprint is checked before the scheme applies
         SensitivityMask.from_file(config.sparse_mask).check_fingerprint(fingerprint(loaded.model))
-    loaded = apply_scheme(loaded, config.scheme)
+    loaded = apply_scheme(loaded, config.scheme, config.scheme_config())
     model = loaded.model
     scorer = Scorer(loaded, max_length=config.max_length)
     optimizer, structure, sigma_policy = build_run_optimizer(config, scorer, splits.train, policy, sigma_hook)
@@ -281,6 +331,7 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
         task_source=splits.info.source,
         checkpoint=str(checkpoint.path),
         structure=structure,
+        peft=peft_summary(model),
     )
     if policy is not None:  # learned, or hyperparameters only (then sigma = 1)
         result.policy = policy.summary()
@@ -328,10 +379,36 @@ def finetune(config: FinetuneConfig, loaded: LoadedModel | None = None, splits: 
     if sigma_policy is not None:
         result.policy_seconds_per_step = sigma_policy.seconds / max(len(step_times), 1)
         result.final_sigma = sigma_policy.last_sigma
+    if config.save:
+        result.saved = save_weights(loaded, config.save, overwrite=config.overwrite)
     result.peak_rss_mb = peak_rss_mb()
     result.wall_seconds = time.perf_counter() - start
     write_json(out_path, asdict(result))
     return result
+
+
+def peft_summary(model: torch.nn.Module) -> dict | None:
+    """The settings of the peft config ``model`` runs (None: not a peft model, i.e. full fine-tuning)."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return None
+    config = configs[getattr(model, "active_adapter", "default")]
+    summary = {"peft_type": _enum_value(config.peft_type), "task_type": _enum_value(config.task_type)}
+    for name in ("r", "lora_alpha", "lora_dropout", "num_virtual_tokens"):
+        if hasattr(config, name):
+            summary[name] = getattr(config, name)
+    if getattr(config, "target_modules", None) is not None:
+        summary["target_modules"] = sorted(config.target_modules)
+    return summary
+
+
+def changed_settings(previous: dict, config: FinetuneConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The settings (outside ``ignore``) in which a results file's ``config`` differs from ``config`` as a run of it
+    records itself (peft knobs resolved). A setting the file lacks was made before it existed: it counts as what
+    runs did then (the scheme's peft defaults, no --save)."""
+    expected = json.loads(json.dumps(asdict(config.with_scheme_knobs())))
+    previous = {**scheme_knobs(config.scheme), "save": None, "overwrite": False, **previous}
+    return sorted(k for k in expected if k not in ignore and previous.get(k) != expected[k])
 
 
 def resolve_run_policy(config: FinetuneConfig, loaded: LoadedModel | None = None) -> PolicyArtifact | None:
@@ -395,6 +472,10 @@ def profile_task(scorer: Scorer, train: list[Example], config: FinetuneConfig) -
     closures = [grouped_loss(scorer, [train[next(order)] for _ in range(size)])
                 for _ in range(config.profile_batches)]
     return profile_layers(scorer.loaded.model, closures, metric=config.profile_metric)
+
+
+def _enum_value(value) -> str:
+    return str(getattr(value, "value", value))
 
 
 def _record_eval(result: FinetuneResult, scorer: Scorer, splits: TaskSplits, step: int,

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from l2lzo.finetune import FinetuneConfig, finetune, grouped_loss
+from l2lzo.finetune import FinetuneConfig, changed_settings, finetune, grouped_loss
 from l2lzo.lr_grid import extend_at_edges
 from l2lzo.optim import ZOSGD
 from l2lzo.perturbation import chunk_seed
@@ -197,7 +197,8 @@ def _run_or_load(run: FinetuneConfig) -> dict:
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            if saved.get("config") == json.loads(json.dumps(asdict(run))) and saved.get("evals"):
+            config = saved.get("config")
+            if isinstance(config, dict) and not changed_settings(config, run) and saved.get("evals"):
                 return saved["evals"][-1]
         except (OSError, json.JSONDecodeError):
             pass  # a damaged file is rerun (and rewritten)

@@ -2,14 +2,16 @@
 
 Settings are ``FinetuneConfig`` fields (read from the dataclass, so a field added there is a valid grid setting
 without any change here) plus ``cpus``, the CPUs a cell gets (and its torch thread count). ``output`` is the
-bench's business and cannot be set.
+bench's business and cannot be set, nor can ``save`` and ``overwrite`` (cells keep no weights).
 
 The key hashes the cell's *full* config: every ``FinetuneConfig`` field after defaults (``lr``, ``eps`` and
 ``steps`` resolved), the kind and ``cpus``. A string setting that names an existing file or folder counts by its
 content: its sha256 enters the key instead of its path, so an edited task file or a retrained policy file is a
 new cell, and moving a file is not. Other strings (built-in names, registry refs such as ``MODEL@3``, ``auto``)
 enter as they are.
-Fields whose value is ``None`` are left out of the key, so a new optional field keeps existing keys valid.
+Fields whose value is ``None`` are left out of the key, so a new optional field keeps existing keys valid; so
+are peft knobs (``lora_r``, ..., ``num_virtual_tokens``) equal to their scheme's default, which is what a cell
+without them runs: a cell with another ``lora_r`` is another cell, one with the default is the same cell.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from l2lzo.errors import ConfigError, check_choice
-from l2lzo.finetune import FinetuneConfig
+from l2lzo.finetune import SCHEME_KNOBS, FinetuneConfig, scheme_knobs
 
 FINETUNE = "finetune"
 PROBE = "probe"
 KINDS = (FINETUNE, PROBE)
 INFERENCE = "inference"  # the probe "optimizer" that only runs forwards: the memory and time reference
 CPUS = "cpus"
+NOT_SETTINGS = ("output", "save", "overwrite")  # FinetuneConfig fields a grid cannot set
 KEY_LENGTH = 16  # hex digits of sha256 kept: 64 bits, far from colliding within a grid's results
 
 
@@ -37,7 +40,7 @@ def setting_types() -> dict[str, tuple[type, ...]]:
     hints = typing.get_type_hints(FinetuneConfig)
     allowed = {}
     for f in fields(FinetuneConfig):
-        if f.name == "output":
+        if f.name in NOT_SETTINGS:
             continue
         hint = hints[f.name]
         args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
@@ -133,7 +136,9 @@ def make_cell(kind: str, settings: dict, labels: dict[str, str], digests: dict[s
     plan = config.plan()  # no policy is loaded here: a cell names its policy, whose content is in ``refs``
     full = {**asdict(config), "lr": None if config.optimizer == INFERENCE else plan.lr, "eps": plan.eps,
             "steps": plan.steps, **refs}
-    full = {k: v for k, v in full.items() if v is not None and k != "output"}
+    defaults = scheme_knobs(config.scheme)
+    full = {k: v for k, v in full.items() if v is not None and k not in NOT_SETTINGS
+            and not (k in SCHEME_KNOBS and v == defaults[k])}
     full[CPUS] = settings.get(CPUS, 1)
     blob = json.dumps({"kind": kind, "config": full}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]

@@ -135,7 +135,7 @@ def _setup(config: FinetuneConfig):
                        test_size=config.test_size)
     loaded = load_model(config.model)
     policy = resolve_run_policy(config, loaded)  # the base model's fingerprint, before the scheme
-    scorer = Scorer(apply_scheme(loaded, config.scheme), max_length=config.max_length)
+    scorer = Scorer(apply_scheme(loaded, config.scheme, config.scheme_config()), max_length=config.max_length)
     return scorer, splits.train, fixed_batch(scorer, splits.train, config.batch_size), policy
 
 
