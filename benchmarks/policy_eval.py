@@ -16,6 +16,7 @@ Every run is one ``l2lzo finetune`` (same seeds, data, forwards, eps for all arm
    shape (``random-shape``: log sigma_b uniform over the policy's range, seeded per run, normalised like the
    policy's) is the control for the shape itself. With a policy that carries a sensitivity mask, both controls
    run on that mask and their grids centre on the policy's lr, so they differ from the policy in the shape only.
+   ``--grid-arms policy,sigma=1`` leaves the two controls out when they do not fit the time.
 3. **transfer** (``--derivative TASK``) -- the base model fine-tuned with FO-Adam on TASK (a task the evaluation
    does not use) is a derivative with the base's fingerprint; the policy vs sigma = 1 from there.
 
@@ -247,6 +248,9 @@ def main() -> None:
                              "--lr-grid); either way each arm's grid grows while its best lr sits at an edge")
     parser.add_argument("--grid-tasks", default=None, help="tasks of the lr-grid comparison (default: first 3)")
     parser.add_argument("--grid-seeds", type=int, default=2)
+    parser.add_argument("--grid-arms", default=",".join(ARMS),
+                        help=f"arms of the lr-grid comparison (default: all of {', '.join(ARMS)}); policy and "
+                             "sigma=1 alone when the shape controls do not fit the time")
     parser.add_argument("--derivative", default=None, help="task to make a derivative on (transfer check)")
     parser.add_argument("--derivative-tasks", default=None, help="tasks of the transfer check (default: first 3)")
     parser.add_argument("--derivative-seeds", type=int, default=2)
@@ -264,6 +268,9 @@ def main() -> None:
         parser.error("--baseline-only needs --lr (the lr the sigma = 1 arms use)")
     if not args.baseline_only and args.policy is None:
         parser.error("--policy is required (or --baseline-only)")
+    grid_arms = [a for a in args.grid_arms.split(",") if a]
+    if set(grid_arms) - set(ARMS) or not {"policy", "sigma=1"} <= set(grid_arms):
+        parser.error(f"--grid-arms takes {', '.join(ARMS)}, policy and sigma=1 included")
     if args.threads:
         import torch
 
@@ -310,7 +317,7 @@ def main() -> None:
     if args.lr_grid or args.own_best:
         rows: list[dict] = []
         grids, best = {}, {}
-        for arm in ARMS:
+        for arm in grid_arms:
             start = ([float(x) for x in args.lr_grid.split(",")] if args.lr_grid
                      else scaled_grid(arm_lr[_grid_centre(arm, artifact)]))
 
