@@ -19,8 +19,12 @@ confirms the file loads. Required metadata (all values are strings):
 ``sha256``             hex sha256 of the data section (the bytes after the header)
 =====================  ==================================================================
 
-A file cannot contain its own hash, so ``sha256`` covers the tensor data only; the sha256 of the whole file
-is the registry's ETag. No pickle is involved anywhere: safetensors is a plain data format.
+Optional: ``layout_sha256``, the hex sha256 of the tensor table (each tensor's name, dtype and shape, in data
+order: with no gaps allowed, that order fixes the offsets), so that damage to the header cannot rename or
+retype a tensor unnoticed; ``build_artifact`` always writes it (files made before 2026-12-08 lack it and are
+still read). A file cannot contain its own hash, so ``sha256`` and ``layout_sha256`` leave the rest of the
+metadata uncovered; the sha256 of the whole file is the registry's ETag. No pickle is involved anywhere:
+safetensors is a plain data format.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2,
     "I8": 1, "U8": 1, "BOOL": 1, "C64": 8,
 }
+LAYOUT_KEY = "layout_sha256"
 _TENSOR_KEYS = {"dtype", "shape", "data_offsets"}
 _FINGERPRINT = re.compile(r"[0-9a-f]{8,128}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -125,6 +130,9 @@ def parse_artifact(data: bytes, *, max_bytes: int = MAX_BYTES, max_tensors: int 
     if data_sha256 != metadata["sha256"]:
         raise InvalidArtifact(f"data sha256 mismatch: metadata says {metadata['sha256'][:16]}..., the tensor data "
                               f"hashes to {data_sha256[:16]}...")
+    if LAYOUT_KEY in metadata and layout_sha256(tensors) != metadata[LAYOUT_KEY]:
+        raise InvalidArtifact(f"tensor table sha256 mismatch: metadata says {metadata[LAYOUT_KEY][:16]}..., the "
+                              f"header's tensors hash to {layout_sha256(tensors)[:16]}... (a damaged header)")
     try:
         loaded = safetensors.numpy.load(bytes(data))
     except Exception as exc:  # any failure of the reference parser on untrusted bytes means a bad file
@@ -149,11 +157,14 @@ def build_artifact(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str
     fields.setdefault("schema_version", SCHEMA_VERSION)
     fields.setdefault("created_at", datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
     arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
-    if "sha256" not in fields:
-        # The data section does not depend on the metadata, so hash it from a first serialisation.
+    if "sha256" not in fields or LAYOUT_KEY not in fields:
+        # Neither the data section nor the tensor table depends on the metadata: hash them from a first
+        # serialisation.
         draft = _save(arrays, fields)
-        length = header_length(draft, size=len(draft), max_header_bytes=len(draft))
-        fields["sha256"] = hashlib.sha256(memoryview(draft)[HEADER_LENGTH_BYTES + length:]).hexdigest()
+        _, tensors, data_start = _parse_header(draft, size=len(draft), max_header_bytes=len(draft),
+                                               max_tensors=max(max_tensors, len(arrays)))
+        fields.setdefault("sha256", hashlib.sha256(memoryview(draft)[data_start:]).hexdigest())
+        fields.setdefault(LAYOUT_KEY, layout_sha256(tensors))
     data = _save(arrays, fields)
     parse_artifact(data, max_bytes=max_bytes, max_tensors=max_tensors)
     return data
@@ -182,8 +193,15 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
         _check_positive_float(metadata, key)
     _check_positive_int(metadata, "recommended_steps")
     _check_utc_timestamp(metadata, "created_at")
-    if not _SHA256.fullmatch(metadata["sha256"]):
-        raise InvalidArtifact(f"sha256 must be 64 lowercase hex characters, got {_show(metadata['sha256'])}")
+    for key in ("sha256", LAYOUT_KEY):
+        if key in metadata and not _SHA256.fullmatch(metadata[key]):
+            raise InvalidArtifact(f"{key} must be 64 lowercase hex characters, got {_show(metadata[key])}")
+
+
+def layout_sha256(tensors: tuple[TensorInfo, ...]) -> str:
+    """The hex sha256 of a tensor table as ``parse_artifact`` reads it (names, dtypes, shapes in data order)."""
+    table = [[t.name, t.dtype, list(t.shape)] for t in tensors]
+    return hashlib.sha256(json.dumps(table, separators=(",", ":")).encode()).hexdigest()
 
 
 def _save(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:

@@ -234,6 +234,26 @@ def test_error_messages_are_one_short_line():
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
 
 
+@pytest.mark.parametrize("old, new", [(b'"mlp.0.bias"', b'"llp.0.bias"'), (b'"F32"', b'"I32"')])
+def test_a_renamed_or_retyped_tensor_is_refused(old, new):
+    """Header damage that keeps a loadable file (a flipped byte in a tensor's name, F32 -> I32) is caught by the
+    tensor table's sha256 (hypothesis found the rename; the data sha256 alone does not cover the header)."""
+    header = _VALID[:_HEADER_END]
+    assert old in header
+    damaged = header.replace(old, new, 1) + _VALID[_HEADER_END:]
+    with pytest.raises(InvalidArtifact, match="tensor table sha256 mismatch"):
+        parse_artifact(damaged)
+
+
+def test_an_artifact_without_a_tensor_table_sha256_is_still_read():
+    """Files made before the key existed: their data sha256 is still checked, their layout cannot be."""
+    arrays = safetensors.numpy.load(_VALID)
+    metadata = {k: v for k, v in _VALID_INFO.metadata.items() if k != "layout_sha256"}
+    old = safetensors.numpy.save(arrays, metadata=metadata)
+    assert "layout_sha256" not in parse_artifact(old).metadata
+    assert parse_artifact(old).data_sha256 == _VALID_INFO.data_sha256
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_parse_never_fails_unexpectedly_on_random_bytes(data):
