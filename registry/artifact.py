@@ -130,9 +130,10 @@ def parse_artifact(data: bytes, *, max_bytes: int = MAX_BYTES, max_tensors: int 
     if data_sha256 != metadata["sha256"]:
         raise InvalidArtifact(f"data sha256 mismatch: metadata says {metadata['sha256'][:16]}..., the tensor data "
                               f"hashes to {data_sha256[:16]}...")
-    if LAYOUT_KEY in metadata and layout_sha256(tensors) != metadata[LAYOUT_KEY]:
+    layout = layout_sha256(tensors)
+    if LAYOUT_KEY in metadata and layout != metadata[LAYOUT_KEY]:
         raise InvalidArtifact(f"tensor table sha256 mismatch: metadata says {metadata[LAYOUT_KEY][:16]}..., the "
-                              f"header's tensors hash to {layout_sha256(tensors)[:16]}... (a damaged header)")
+                              f"header's tensors hash to {layout[:16]}... (a damaged header)")
     try:
         loaded = safetensors.numpy.load(bytes(data))
     except Exception as exc:  # any failure of the reference parser on untrusted bytes means a bad file
@@ -162,7 +163,7 @@ def build_artifact(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str
         # serialisation.
         draft = _save(arrays, fields)
         _, tensors, data_start = _parse_header(draft, size=len(draft), max_header_bytes=len(draft),
-                                               max_tensors=max(max_tensors, len(arrays)))
+                                               max_tensors=max_tensors)
         fields.setdefault("sha256", hashlib.sha256(memoryview(draft)[data_start:]).hexdigest())
         fields.setdefault(LAYOUT_KEY, layout_sha256(tensors))
     data = _save(arrays, fields)

@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from registry.artifact import parse_artifact
+from registry.artifact import read_metadata
 from registry.errors import InvalidArtifact, RegistryError
 from registry.ids import model_dirname
 from registry.store import Registry
@@ -125,7 +125,7 @@ def _run_push(args: argparse.Namespace) -> None:
             raise RegistryError("this l2lzo ships no policies")
         for path in paths:
             data = _read(path, registry)
-            _push(registry, data, parse_artifact(data, max_bytes=registry.max_bytes).metadata["base_model"])
+            _push(registry, data, read_metadata(data, size=len(data))["base_model"])  # push verifies it all
         return
     if args.model is None:
         raise RegistryError("registry push FILE needs --model")
